@@ -1,0 +1,3 @@
+from agn_cli.cli.app import main
+
+main()

@@ -1,0 +1,8 @@
+"""`agn info`."""
+
+from agn_cli.cli.stub import not_implemented
+
+
+def command() -> None:
+    """Not implemented yet."""
+    not_implemented("info")

@@ -1,0 +1,67 @@
+"""Device selection and CPU threading, shared by every command that runs a network."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from agn_cli.errors import AgnError
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """Turn 'auto' | 'cpu' | 'cuda' | 'cuda:N' | 'mps' into a device that exists, or fail clearly."""
+    spec = (spec or "auto").strip().lower()
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError as exc:
+        raise AgnError(f"unknown device '{spec}'; use auto, cpu, cuda, cuda:N or mps") from exc
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise AgnError(f"device '{spec}' requested but CUDA is not available; use --device cpu")
+        index = device.index or 0
+        if index >= torch.cuda.device_count():
+            raise AgnError(f"device '{spec}' does not exist ({torch.cuda.device_count()} CUDA device(s)); pick another index")
+    elif device.type == "mps":
+        if not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+            raise AgnError("device 'mps' requested but Metal is not available; use --device cpu")
+    elif device.type != "cpu":
+        raise AgnError(f"unsupported device '{spec}'; use auto, cpu, cuda, cuda:N or mps")
+    return device
+
+
+def configure_cpu_threads(threads: int | None = None) -> int:
+    """Use every core the process may run on (affinity-aware), unless told otherwise."""
+    if threads is None or threads <= 0:
+        try:
+            threads = len(os.sched_getaffinity(0))
+        except AttributeError:  # macOS / Windows
+            threads = os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    return threads
+
+
+def device_name(device: torch.device) -> str:
+    """A human-readable name for benchmark records."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "cpu":
+        import platform
+
+        name = platform.processor() or platform.machine()
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8") as fh:
+                for line in fh:
+                    if line.startswith("model name"):
+                        name = line.split(":", 1)[1].strip()
+                        break
+        except OSError:
+            pass
+        return f"{name} ({os.cpu_count()} logical cores)"
+    return device.type

@@ -1,0 +1,1 @@
+"""File formats in and out: volumes (CT), frames (ultrasound), checkpoints, atomic writes."""

@@ -1,0 +1,203 @@
+"""SonoNet and AG-Sononet for fetal ultrasound standard-plane detection.
+
+SonoNet (Baumgartner et al., IEEE TMI 2017): a VGG-like fully convolutional network whose adaptation layers give
+one activation map per class; global average pooling turns them into logits, and the maps are class activation
+maps (CAMs). AG-Sononet (Schlemper, Oktay et al., MedIA 2019, §4.2): the same feature extractor with attention
+gates on the stage-3 and stage-4 features, gated by stage 5; range-normalised coefficients pool each gated feature
+map into a vector, and the per-scale vectors are aggregated (`mean`, `concat`, `deep-sup` or `ft`).
+
+Pooling rounds up, so any frame size works without padding and global pooling never sees padded pixels.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from agn_cli.models.attention_gate import GridAttentionGate, Normalisation
+from agn_cli.models.registry import register_model
+
+Aggregation = Literal["mean", "concat", "deep-sup", "ft"]
+AGGREGATIONS: tuple[str, ...] = ("mean", "concat", "deep-sup", "ft")
+
+PAPER_N_CONVS = (3, 3, 3, 2, 2)  # the attention paper's SonoNet variant
+ORIGINAL_N_CONVS = (2, 2, 3, 3, 3)  # Baumgartner et al.'s published SonoNet
+
+
+def _conv_bn_relu(c_in: int, c_out: int, kernel: int, bias: bool, eps: float, relu: bool = True) -> list[nn.Module]:
+    layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2, bias=bias), nn.BatchNorm2d(c_out, eps=eps)]
+    return layers + [nn.ReLU(inplace=True)] if relu else layers
+
+
+class SonoNetFeatures(nn.Module):
+    """Five VGG stages of 3x3 conv + BN + ReLU with 2x2 max-pooling between them; returns every stage's output."""
+
+    def __init__(self, in_channels: int, widths: Sequence[int], n_convs: Sequence[int], conv_bias: bool, bn_eps: float):
+        super().__init__()
+        stages = []
+        c_in = in_channels
+        for width, n in zip(widths, n_convs):
+            layers: list[nn.Module] = []
+            for j in range(n):
+                layers += _conv_bn_relu(c_in if j == 0 else width, width, 3, conv_bias, bn_eps)
+            stages.append(nn.Sequential(*layers))
+            c_in = width
+        self.stages = nn.ModuleList(stages)
+        self.pool = nn.MaxPool2d(2, ceil_mode=True)
+        self.widths = tuple(widths)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        outputs = []
+        for i, stage in enumerate(self.stages):
+            x = stage(x if i == 0 else self.pool(x))
+            outputs.append(x)
+        return outputs
+
+
+def _widths(base_filters: int) -> list[int]:
+    return [base_filters, 2 * base_filters, 4 * base_filters, 8 * base_filters, 8 * base_filters]
+
+
+class SonoNet(nn.Module):
+    """SonoNet: features, adaptation layers (1x1 conv + BN + ReLU, 1x1 conv + BN), global average pooling."""
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 14,
+        base_filters: int = 16,
+        n_convs: Sequence[int] = PAPER_N_CONVS,
+        conv_bias: bool = True,
+        bn_eps: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        widths = _widths(base_filters)
+        self.in_channels, self.num_classes = in_channels, num_classes
+        self.features = SonoNetFeatures(in_channels, widths, n_convs, conv_bias, bn_eps)
+        self.adaptation = nn.Sequential(
+            *_conv_bn_relu(widths[4], widths[2], 1, conv_bias, bn_eps),
+            *_conv_bn_relu(widths[2], num_classes, 1, conv_bias, bn_eps, relu=False),
+        )
+
+    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.features(x)
+
+    def forward_head(self, stages: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and the class activation maps (N, classes, H/16, W/16) they are the spatial mean of."""
+        cams = self.adaptation(stages[-1])
+        return cams.mean(dim=(2, 3)), cams
+
+    def forward_train(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        logits, _ = self.forward_head(self.forward_features(x))
+        return logits, []
+
+    def forward(self, x: torch.Tensor, return_attention: bool = False):
+        """Logits (N, classes); with `return_attention`, also {'cam': class activation maps}."""
+        logits, cams = self.forward_head(self.forward_features(x))
+        return (logits, {"cam": cams}) if return_attention else logits
+
+
+class AGSonoNet(nn.Module):
+    """AG-Sononet: attention-gated pooling of stage-3 and stage-4 features, gated by stage 5."""
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 14,
+        base_filters: int = 16,
+        n_convs: Sequence[int] = PAPER_N_CONVS,
+        aggregation: Aggregation = "mean",
+        attention_normalisation: Normalisation = "range",
+        conv_bias: bool = True,
+        bn_eps: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        if aggregation not in AGGREGATIONS:
+            raise ValueError(f"unknown aggregation '{aggregation}'; choose one of {', '.join(AGGREGATIONS)}")
+        widths = _widths(base_filters)
+        self.in_channels, self.num_classes, self.aggregation = in_channels, num_classes, aggregation
+        self.features = SonoNetFeatures(in_channels, widths, n_convs, conv_bias, bn_eps)
+        gate_kwargs = dict(
+            dim=2, sub_sample=1, normalisation=attention_normalisation, output_transform=False, phi_bias=False
+        )
+        self.gates = nn.ModuleDict(
+            {
+                "stage3": GridAttentionGate(widths[2], widths[4], widths[4], **gate_kwargs),
+                "stage4": GridAttentionGate(widths[3], widths[4], widths[4], **gate_kwargs),
+            }
+        )
+        scale_dims = (widths[2], widths[3], widths[4])  # gated stage 3, gated stage 4, pooled stage 5
+        if aggregation != "concat":
+            self.scale_heads = nn.ModuleList(nn.Linear(d, num_classes) for d in scale_dims)
+        if aggregation in ("concat", "deep-sup"):
+            self.classifier = nn.Linear(sum(scale_dims), num_classes)
+        elif aggregation == "ft":
+            self.classifier = nn.Linear(num_classes * len(scale_dims), num_classes)
+
+    def forward_features(self, x: torch.Tensor) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+        """Per-scale descriptors (attention-pooled stage 3 and 4, average-pooled stage 5) and alpha per gate."""
+        stages = self.features(x)
+        gating = stages[4]
+        descriptors, attention = [], {}
+        for name, feature in (("stage3", stages[2]), ("stage4", stages[3])):
+            gated, attention[name] = self.gates[name](feature, gating)
+            pooled = gated.flatten(2).sum(-1)
+            if self.gates[name].normalisation == "sigmoid":  # unnormalised alpha: average instead of weighted sum
+                pooled = pooled / feature.shape[2:].numel()
+            descriptors.append(pooled)
+        descriptors.append(gating.mean(dim=(2, 3)))
+        return descriptors, attention
+
+    def forward_head(self, descriptors: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Aggregated logits and the per-scale logits (empty for `concat`)."""
+        if self.aggregation == "concat":
+            return self.classifier(torch.cat(descriptors, dim=1)), []
+        sides = [head(d) for head, d in zip(self.scale_heads, descriptors)]
+        if self.aggregation == "mean":
+            return torch.stack(sides).mean(0), sides
+        if self.aggregation == "deep-sup":
+            return self.classifier(torch.cat(descriptors, dim=1)), sides
+        return self.classifier(torch.cat(sides, dim=1)), sides  # ft
+
+    def forward_train(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        descriptors, _ = self.forward_features(x)
+        return self.forward_head(descriptors)
+
+    def forward(self, x: torch.Tensor, return_attention: bool = False):
+        """Logits (N, classes); with `return_attention`, also {'stage3': alpha, 'stage4': alpha}."""
+        descriptors, attention = self.forward_features(x)
+        logits, _ = self.forward_head(descriptors)
+        return (logits, attention) if return_attention else logits
+
+
+_CLS_PAPER = {"in_channels": 1, "num_classes": 14}
+
+for _width in (8, 16, 32):
+    register_model(
+        f"sononet-{_width}",
+        task="classification",
+        dims=2,
+        paper_config={**_CLS_PAPER, "base_filters": _width},
+        description=f"SonoNet-{_width} baseline, (3,3,3,2,2) convolutions (paper Table 5).",
+    )(SonoNet)
+    register_model(
+        f"ag-sononet-{_width}",
+        task="classification",
+        dims=2,
+        paper_config={**_CLS_PAPER, "base_filters": _width},
+        description=f"AG-Sononet-{_width}: gates on stages 3 and 4, range normalisation (paper Table 5).",
+    )(AGSonoNet)
+
+
+@register_model(
+    "sononet16-original",
+    task="classification",
+    dims=2,
+    paper_config={**_CLS_PAPER, "base_filters": 16, "n_convs": ORIGINAL_N_CONVS, "conv_bias": False, "bn_eps": 1e-4},
+    description="The published SonoNet-16 layout (2,2,3,3,3 convolutions, no conv bias), for the released weights.",
+)
+def sononet16_original(**kwargs) -> SonoNet:
+    return SonoNet(**kwargs)
