@@ -16,3 +16,8 @@ def callback() -> None:
 def list_() -> None:
     """List installed weights (not implemented yet)."""
     not_implemented("weights list")
+
+
+from agn_cli.cli.weights_sononet import convert_sononet  # noqa: E402
+
+app.command("convert-sononet")(convert_sononet)

@@ -1,0 +1,37 @@
+"""Shared fixtures: real public data through AGN_SHARED (skipped when absent), seeded synthetic data otherwise."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def shared_path() -> Path:
+    return Path(os.environ.get("AGN_SHARED", REPO_ROOT.parent / "shared")).resolve()
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """The read-only folder of real data (../shared); tests that need it skip with a reason when it is absent."""
+    path = shared_path()
+    if not (path / "data").is_dir():
+        pytest.skip(f"real data not found at {path} (set AGN_SHARED to the shared/ folder)")
+    return path
+
+
+def require(path: Path) -> Path:
+    """Skip (with the path in the reason) when one real data file is missing."""
+    if not path.exists():
+        pytest.skip(f"{path} is absent")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_threads():
+    torch.manual_seed(0)
+    yield
