@@ -1,24 +1,232 @@
-"""`agn evaluate ...` sub-commands."""
+"""`agn evaluate seg` and `agn evaluate cls`: parse, call agn_cli.metrics, print."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Optional
 
 import typer
+from rich import box
+from rich.markup import escape
+from rich.table import Table
 
-from agn_cli.cli.stub import not_implemented
+from agn_cli.cli.console import err, note, out, print_json, warn
+from agn_cli.errors import AgnError
 
 app = typer.Typer(no_args_is_help=True)
 
 
 @app.callback()
 def callback() -> None:
-    """Not implemented yet."""
+    """Evaluate segmentations (Dice, surface distances in mm) or plane classifications (precision, recall, F1)."""
 
 
+# ---------------------------------------------------------------------------------------------------------- helpers
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return "-" if not math.isfinite(value) else f"{value:.{digits}f}"
+    return str(value)
+
+
+def _jsonable(obj: Any) -> Any:
+    """NaN/inf become null so that strict JSON parsers accept the output."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    return obj
+
+
+def _parse_labels(text: Optional[str]) -> Optional[list[int]]:
+    if text is None:
+        return None
+    try:
+        labels = [int(part) for part in text.replace(" ", "").split(",") if part]
+    except ValueError:
+        raise AgnError(f"--labels must be comma-separated integer ids such as 1,2,5 (got '{text}')") from None
+    if not labels or any(v <= 0 for v in labels):
+        raise AgnError(f"--labels must list positive ids (0 is background); got '{text}'")
+    return sorted(set(labels))
+
+
+def _add_column(table: Table, header: str, text: bool) -> None:
+    """Numbers never wrap or truncate; names and notes fold when the terminal is narrow."""
+    if text:
+        table.add_column(header, justify="left", overflow="fold", min_width=12 if header == "class" else 8)
+    else:
+        table.add_column(header, justify="right", no_wrap=True, min_width=len(header))
+
+
+def _mean_std(entry: dict[str, Any], metric: str, digits: int = 3) -> str:
+    mean, std = entry[f"{metric}_mean"], entry[f"{metric}_std"]
+    if not math.isfinite(mean):
+        return "-"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+# ------------------------------------------------------------------------------------------------------------- seg
 @app.command("seg")
-def seg() -> None:
-    """Evaluate segmentations (not implemented yet)."""
-    not_implemented("evaluate seg")
+def seg(
+    pred: Path = typer.Argument(..., help="Predicted label map, or a folder of them (matched by file name)."),
+    gt: Path = typer.Argument(..., help="Reference label map, or a folder of them."),
+    labels: Optional[str] = typer.Option(
+        None, "--labels", help="Comma-separated label ids to evaluate, e.g. 1,2,5 (default: every id present)."
+    ),
+    names: Optional[Path] = typer.Option(
+        None, "--names", help="JSON with label names ({\"labels\": {\"1\": \"spleen\"}} or {\"1\": \"spleen\"})."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print only JSON on stdout."),
+    csv_path: Optional[Path] = typer.Option(None, "--csv", help="Also write per-case, per-class rows to this CSV."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --csv file."),
+) -> None:
+    """Dice, precision, recall, volumes (mL), mean surface distance S2S and HD95 (mm) per class.
+
+    Give two label map files (NIfTI, NRRD, MHA) or two folders. A prediction on another grid is resampled onto the
+    reference (nearest neighbour) with a warning. Classes absent in both maps get '-' (NaN) and a note.
+    """
+    from agn_cli.io.atomic import check_writable, write_text_atomic
+    from agn_cli.metrics import segmentation as S
+
+    label_ids = _parse_labels(labels)
+    label_names = S.load_label_names(names) if names is not None else None
+    for path in (pred, gt):
+        if not path.exists():
+            raise AgnError(f"{path} does not exist")
+    if pred.is_dir() != gt.is_dir():
+        raise AgnError("give two label map files or two folders, not one of each")
+    if csv_path is not None:
+        check_writable(csv_path, overwrite)  # fail before the work, not after
+
+    if pred.is_dir():
+        with _progress() as bar:
+            task = bar.add_task("evaluating", total=None)
+
+            def _step(done: int, total: int, case: str) -> None:
+                bar.update(task, completed=done, total=total, description=case)
+
+            result = S.evaluate_folders(pred, gt, label_ids, label_names, progress=_step)
+        rows = result["rows"]
+    else:
+        result = S.evaluate_files(pred, gt, label_ids, label_names)
+        rows = [{"case": result["case"], **row} for row in result["classes"]]
+
+    for message in result["warnings"]:
+        warn(message)
+    if csv_path is not None:
+        write_text_atomic(csv_path, S.rows_to_csv(rows), overwrite=overwrite)
+    if as_json:
+        print_json(_jsonable(result))
+        if csv_path is not None:
+            note(f"wrote {csv_path}")
+        return
+
+    if pred.is_dir():
+        _print_folder(result)
+    else:
+        _print_case(result)
+    if csv_path is not None:
+        note(f"wrote {csv_path}")
 
 
+def _progress():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=err, transient=True,
+    )
+
+
+def _print_case(result: dict[str, Any]) -> None:
+    spacing = "x".join(f"{s:g}" for s in result["spacing_mm"])
+    table = Table(box=box.SIMPLE_HEAD, title=f"{result['case']}  ({'x'.join(map(str, result['size']))} voxels, {spacing} mm)")
+    for col in ("class", "id", "Dice", "prec", "recall", "S2S mm", "HD95 mm", "pred mL", "GT mL", "note"):
+        _add_column(table, col, text=col in ("class", "note"))
+    for row in result["classes"]:
+        table.add_row(
+            escape(row["name"]), str(row["label"]), _fmt(row["dice"]), _fmt(row["precision"]), _fmt(row["recall"]),
+            _fmt(row["s2s_mm"], 2), _fmt(row["hd95_mm"], 2), _fmt(row["vol_pred_ml"], 1), _fmt(row["vol_gt_ml"], 1),
+            row["note"],
+        )
+    out.print(table)
+
+
+def _print_folder(result: dict[str, Any]) -> None:
+    table = Table(box=box.SIMPLE_HEAD, title=f"{len(result['cases'])} cases: mean ± std over cases (n = cases with a value)")
+    for col in ("class", "id", "n", "Dice", "prec", "recall", "S2S mm", "HD95 mm", "pred mL", "GT mL"):
+        _add_column(table, col, text=col == "class")
+    for entry in result["summary"]:
+        table.add_row(
+            escape(entry["name"]), str(entry["label"]), f"{entry['dice_n']}/{entry['cases']}", _mean_std(entry, "dice"),
+            _mean_std(entry, "precision"), _mean_std(entry, "recall"), _mean_std(entry, "s2s_mm", 2),
+            _mean_std(entry, "hd95_mm", 2), _mean_std(entry, "vol_pred_ml", 1), _mean_std(entry, "vol_gt_ml", 1),
+        )
+    out.print(table)
+    pairs = (("unmatched_pred", "predictions without a reference"), ("unmatched_gt", "references without a prediction"))
+    for key, what in pairs:
+        if result[key]:
+            shown = ", ".join(result[key][:10]) + (" ..." if len(result[key]) > 10 else "")
+            warn(f"{len(result[key])} {what}: {shown}")
+
+
+# ------------------------------------------------------------------------------------------------------------- cls
 @app.command("cls")
-def cls() -> None:
-    """Evaluate classifications (not implemented yet)."""
-    not_implemented("evaluate cls")
+def cls(
+    pred: Path = typer.Argument(..., help="Output of 'agn classify' (JSON with 'frames', or CSV path,frame,label)."),
+    gt: Path = typer.Argument(
+        ..., help="Reference CSV: path,label (or filename,sononet_label, or FETAL_PLANES_DB Image_name;...;Plane)."
+    ),
+    label_map: Optional[str] = typer.Option(
+        None, "--map", help="JSON mapping predicted labels to reference labels, or 'fetal-planes-db' (built in)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print only JSON on stdout."),
+) -> None:
+    """Accuracy, macro and per-class precision/recall/F1 and the confusion matrix of plane predictions.
+
+    Frames are matched by file name (no folder, no extension, case-insensitive) and frame index (default 0).
+    """
+    from agn_cli.metrics.classification import evaluate_classification
+
+    result = evaluate_classification(pred, gt, label_map)
+    for message in result["warnings"]:
+        warn(message)
+    for key, what in (("unmatched_pred", "predicted frames without a reference label"),
+                      ("unmatched_gt", "reference frames without a prediction")):
+        if result[key]:
+            shown = ", ".join(result[key][:10]) + (" ..." if len(result[key]) > 10 else "")
+            warn(f"{len(result[key])} {what}: {shown}")
+    if as_json:
+        print_json(_jsonable(result))
+        return
+
+    table = Table(
+        title=f"{result['correct']}/{result['n']} correct: accuracy {result['accuracy']:.3f}, "
+        f"macro F1 {_fmt(result['macro_f1'])} over {result['macro_classes']} classes"
+    )
+    for col in ("class", "precision", "recall", "F1", "support", "predicted", "note"):
+        table.add_column(col, justify="left" if col in ("class", "note") else "right")
+    for row in result["per_class"]:
+        table.add_row(
+            escape(row["class"]), _fmt(row["precision"]), _fmt(row["recall"]), _fmt(row["f1"]), str(row["support"]),
+            str(row["predicted"]), row["note"],
+        )
+    table.add_section()
+    table.add_row(
+        "macro", _fmt(result["macro_precision"]), _fmt(result["macro_recall"]), _fmt(result["macro_f1"]),
+        str(result["n"]), str(result["n"]), "classes with support only",
+    )
+    out.print(table)
+
+    cm = Table(title="confusion matrix (rows: reference, columns: predicted)")
+    cm.add_column("reference \\ predicted")
+    for name in result["classes"]:
+        cm.add_column(escape(name), justify="right")
+    for i, (name, counts) in enumerate(zip(result["classes"], result["confusion_matrix"])):
+        cells = [f"[bold]{c}[/bold]" if i == j and c else (str(c) if c else "[dim]0[/dim]") for j, c in enumerate(counts)]
+        cm.add_row(escape(name), *cells)
+    out.print(cm)

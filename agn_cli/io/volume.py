@@ -1,0 +1,208 @@
+"""Read and write CT volumes (NIfTI, NRRD, MHA/MHD, DICOM series) with SimpleITK, failing clearly on bad input.
+
+Everything downstream works in physical (world) space through SimpleITK's geometry (size, spacing, origin,
+direction), so a mask computed from any of these formats can be written back onto the exact input grid. Arrays
+handed to networks are in (x, y, z) order (`array_xyz`), the transpose of SimpleITK's (z, y, x) numpy view.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from agn_cli.errors import AgnError
+from agn_cli.io.atomic import atomic_path, full_suffix
+
+VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+_FLOAT_TYPES = {sitk.sitkFloat32, sitk.sitkFloat64}
+
+
+def _stderr_note(message: str) -> None:
+    sys.stderr.write(message + "\n")
+
+
+def is_volume_file(path: Path) -> bool:
+    """True for file names SimpleITK reads as 3D volumes here (by suffix, case-insensitive)."""
+    return full_suffix(path).lower() in VOLUME_SUFFIXES or path.name.lower().endswith(".nii.gz")
+
+
+def volume_stem(path: Path) -> str:
+    """Case name: the file name without its (compound) suffix, or the folder name for a DICOM series."""
+    path = Path(path)
+    if path.is_dir():
+        return path.name
+    suffix = full_suffix(path)
+    return path.name[: -len(suffix)] if suffix else path.name
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where a voxel grid lies in world space (SimpleITK conventions, LPS world, x/y/z order)."""
+
+    size: tuple[int, ...]
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    direction: tuple[float, ...]
+
+    @classmethod
+    def of(cls, image: sitk.Image) -> "Geometry":
+        return cls(tuple(image.GetSize()), tuple(image.GetSpacing()), tuple(image.GetOrigin()), tuple(image.GetDirection()))
+
+    def apply(self, image: sitk.Image) -> sitk.Image:
+        if tuple(image.GetSize()) != self.size:
+            raise ValueError(f"size {image.GetSize()} does not match geometry {self.size}")
+        image.SetSpacing(self.spacing)
+        image.SetOrigin(self.origin)
+        image.SetDirection(self.direction)
+        return image
+
+    def reference(self, pixel_type: int = sitk.sitkUInt8) -> sitk.Image:
+        """An image with this geometry (allocated; keep for small grids or use `resample_to_geometry`)."""
+        return self.apply(sitk.Image(list(self.size), pixel_type))
+
+    def max_difference(self, other: "Geometry") -> float:
+        """Largest absolute difference in spacing/origin/direction (inf when sizes differ)."""
+        if self.size != other.size:
+            return float("inf")
+        pairs = zip(self.spacing + self.origin + self.direction, other.spacing + other.origin + other.direction)
+        return max(abs(a - b) for a, b in pairs)
+
+
+def _check_image(image: sitk.Image, source: str) -> sitk.Image:
+    """Reject what cannot be a CT volume: not 3D, vector pixels, NaN/inf voxels."""
+    dim = image.GetDimension()
+    if dim == 4 and image.GetSize()[3] == 1:
+        image = image[:, :, :, 0]
+        dim = 3
+    if dim == 2:
+        raise AgnError(f"{source} is a 2D image {image.GetSize()}; agn segment needs a 3D CT volume")
+    if dim != 3:
+        raise AgnError(f"{source} is a {dim}D image {image.GetSize()}; agn segment needs a 3D CT volume (split 4D series first)")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise AgnError(f"{source} has {image.GetNumberOfComponentsPerPixel()} components per voxel (colour/vector); expected a scalar CT volume")
+    if min(image.GetSize()) < 2:
+        raise AgnError(f"{source} has a single slice {image.GetSize()}; agn segment needs a 3D CT volume")
+    if image.GetPixelID() in _FLOAT_TYPES:
+        view = sitk.GetArrayViewFromImage(image)
+        if not np.isfinite(view).all():
+            bad = int(view.size - np.count_nonzero(np.isfinite(view)))
+            raise AgnError(f"{source} has {bad} NaN/inf voxels; fix or mask them before segmenting")
+    return image
+
+
+def dicom_series(folder: Path) -> list[tuple[str, list[str]]]:
+    """(series UID, file names) for every DICOM series directly in `folder`, most slices first."""
+    try:
+        ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    except RuntimeError:
+        ids = ()
+    series = [(uid, list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid))) for uid in ids]
+    return sorted(series, key=lambda item: -len(item[1]))
+
+
+def _read_dicom(folder: Path, series_uid: str | None, notify: Callable[[str], None]) -> sitk.Image:
+    series = dicom_series(folder)
+    if not series:
+        raise AgnError(f"{folder} holds no DICOM series (empty folder or no readable DICOM files)")
+    if series_uid is not None:
+        chosen = [s for s in series if s[0] == series_uid]
+        if not chosen:
+            known = ", ".join(f"{uid or '<no UID>'} ({len(files)} files)" for uid, files in series)
+            raise AgnError(f"series {series_uid} not in {folder}; found: {known}")
+        uid, files = chosen[0]
+    else:
+        uid, files = series[0]
+        if len(series) > 1:
+            notify(
+                f"{folder} holds {len(series)} DICOM series; using {uid} ({len(files)} slices, the most); "
+                "pick another with --series UID"
+            )
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    try:
+        return reader.Execute()
+    except RuntimeError as exc:
+        raise AgnError(f"cannot read DICOM series in {folder}: {_first_line(exc)}") from exc
+
+
+def _first_line(exc: Exception) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    # ITK messages start with a file:line location; the description is the most useful part
+    for line in lines:
+        if line.lower().startswith("description:"):
+            return line.split(":", 1)[1].strip()
+    return lines[-1] if lines else type(exc).__name__
+
+
+def read_volume(
+    path: str | Path, series_uid: str | None = None, notify: Callable[[str], None] | None = None
+) -> sitk.Image:
+    """Read a 3D scalar volume from a file or a DICOM series folder, or raise a one-line AgnError.
+
+    Several series in one folder: the one with the most slices is read and `notify` (stderr by default) says so.
+    """
+    notify = notify or _stderr_note
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise AgnError(f"input not found: {path}")
+    if path.is_dir():
+        image = _read_dicom(path, series_uid, notify)
+    else:
+        if path.stat().st_size == 0:
+            raise AgnError(f"{path} is empty (0 bytes)")
+        try:
+            image = sitk.ReadImage(str(path))
+        except RuntimeError as exc:
+            raise AgnError(f"cannot read {path} (unreadable or truncated): {_first_line(exc)}") from exc
+    return _check_image(image, str(path))
+
+
+def write_volume(image: sitk.Image, path: str | Path, overwrite: bool = False) -> Path:
+    """Write atomically (temp file + rename), compressed where the format allows."""
+    path = Path(path)
+    with atomic_path(path, overwrite) as tmp:
+        try:
+            sitk.WriteImage(image, str(tmp), useCompression=True)
+        except RuntimeError as exc:
+            raise AgnError(f"cannot write {path}: {_first_line(exc)}") from exc
+    return path
+
+
+def array_xyz(image: sitk.Image) -> np.ndarray:
+    """The voxel array in (x, y, z) order (a transposed, non-contiguous view of a copy)."""
+    return sitk.GetArrayFromImage(image).transpose(2, 1, 0)
+
+
+def image_from_xyz(array: np.ndarray, reference_or_geometry: sitk.Image | Geometry) -> sitk.Image:
+    """An image from an (x, y, z) array with the reference's spacing, origin and direction."""
+    image = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(array).transpose(2, 1, 0)))
+    geometry = reference_or_geometry if isinstance(reference_or_geometry, Geometry) else Geometry.of(reference_or_geometry)
+    if tuple(image.GetSize()) != geometry.size:
+        raise ValueError(f"array shape {tuple(array.shape)} does not match reference size {geometry.size}")
+    return geometry.apply(image)
+
+
+def list_volume_inputs(paths: Sequence[str | Path]) -> list[Path]:
+    """Expand inputs into cases: files stay, a folder of volumes or of DICOM sub-folders becomes its cases,
+    a folder that itself holds a DICOM series is one case."""
+    cases: list[Path] = []
+    for raw in paths:
+        path = Path(raw).expanduser()
+        if not path.is_dir():
+            cases.append(path)  # missing files are reported per case
+            continue
+        volumes = sorted(p for p in path.iterdir() if p.is_file() and is_volume_file(p))
+        if volumes:
+            cases.extend(volumes)
+            continue
+        if dicom_series(path):
+            cases.append(path)
+            continue
+        subfolders = sorted(p for p in path.iterdir() if p.is_dir() and dicom_series(p))
+        cases.extend(subfolders or [path])  # an empty folder stays one (failing) case
+    return cases

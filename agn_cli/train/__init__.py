@@ -1,0 +1,1 @@
+"""Training: the paper's recipes for Attention U-Net (CT) and AG-Sononet (ultrasound planes), resumable and DDP-ready."""
