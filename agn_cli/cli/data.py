@@ -1,18 +1,45 @@
-"""`agn data ...` sub-commands."""
+"""`agn data check DATASET`: validate an nnU-Net v2 or MSD dataset before training."""
+
+from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 
-from agn_cli.cli.stub import not_implemented
+from agn_cli.cli.console import err, out, print_json
 
 app = typer.Typer(no_args_is_help=True)
 
 
 @app.callback()
 def callback() -> None:
-    """Not implemented yet."""
+    """Validate datasets in nnU-Net v2 or Medical Segmentation Decathlon layout."""
 
 
 @app.command("check")
-def check() -> None:
-    """Validate a dataset (not implemented yet)."""
-    not_implemented("data check")
+def check(
+    dataset: Path = typer.Argument(..., help="Dataset folder holding dataset.json, imagesTr/ and labelsTr/."),
+    no_values: bool = typer.Option(False, "--no-values", help="Skip reading label maps (header checks only; faster)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+) -> None:
+    """Check image/label pairs, geometry and label values against dataset.json; exit 2 when anything is wrong."""
+    from agn_cli.train.datasets import check_dataset
+
+    report = check_dataset(dataset, read_labels=not no_values)
+    if as_json:
+        print_json(report.to_dict())
+    else:
+        if report.dataset is not None:
+            ds = report.dataset
+            labels = ", ".join(f"{k}={v}" for k, v in sorted(ds.labels.items()))
+            out.print(f"{ds.root}: {ds.layout} layout, {len(ds.cases)} cases, labels {labels}", highlight=False)
+        for message in report.warnings:
+            err.print(f"[yellow]warning:[/yellow] {message}", highlight=False)
+        for message in report.errors:
+            err.print(f"[red]error:[/red] {message}", highlight=False)
+        if report.ok:
+            out.print(f"ok: {report.checked} cases checked", highlight=False)
+        else:
+            err.print(f"{len(report.errors)} problem(s) found", highlight=False)
+    if not report.ok:
+        raise typer.Exit(2)

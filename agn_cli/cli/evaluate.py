@@ -54,12 +54,10 @@ def _parse_labels(text: Optional[str]) -> Optional[list[int]]:
     return sorted(set(labels))
 
 
-def _add_column(table: Table, header: str, text: bool) -> None:
-    """Numbers never wrap or truncate; names and notes fold when the terminal is narrow."""
-    if text:
-        table.add_column(header, justify="left", overflow="fold", min_width=12 if header == "class" else 8)
-    else:
-        table.add_column(header, justify="right", no_wrap=True, min_width=len(header))
+def _cm_cell(count: int, diagonal: bool) -> str:
+    if count == 0:
+        return "[dim]0[/dim]"
+    return f"[bold]{count}[/bold]" if diagonal else str(count)
 
 
 def _mean_std(entry: dict[str, Any], metric: str, digits: int = 3) -> str:
@@ -142,31 +140,62 @@ def _progress():
     )
 
 
+def _table(title: str, headers: list[str], rows: list[list[str]], text: tuple[str, ...]) -> Table:
+    """Numbers never wrap or truncate (a wide table scrolls); names and notes fold when the terminal is narrow."""
+    table = Table(box=box.SIMPLE_HEAD, title=title)
+    for k, header in enumerate(headers):
+        if header in text:
+            table.add_column(header, justify="left", overflow="fold", min_width=12 if k == 0 else 8)
+        else:
+            width = max([len(header)] + [len(r[k]) for r in rows])
+            table.add_column(header, justify="right", no_wrap=True, min_width=width)
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def _print_wide(table: Table) -> None:
+    """Print at least as wide as the table's minimum, so narrow terminals scroll instead of dropping columns."""
+    from rich.measure import Measurement
+
+    need = Measurement.get(out, out.options.update(width=10_000), table).minimum
+    if need <= out.width:
+        out.print(table)
+        return
+    from rich.console import Console
+
+    wide = Console(width=need, soft_wrap=True, force_terminal=out.is_terminal, color_system=out.color_system,
+                   no_color=out.no_color)
+    wide.print(table)
+
+
 def _print_case(result: dict[str, Any]) -> None:
     spacing = "x".join(f"{s:g}" for s in result["spacing_mm"])
-    table = Table(box=box.SIMPLE_HEAD, title=f"{result['case']}  ({'x'.join(map(str, result['size']))} voxels, {spacing} mm)")
-    for col in ("class", "id", "Dice", "prec", "recall", "S2S mm", "HD95 mm", "pred mL", "GT mL", "note"):
-        _add_column(table, col, text=col in ("class", "note"))
-    for row in result["classes"]:
-        table.add_row(
+    size = "x".join(map(str, result["size"]))
+    headers = ["class", "id", "Dice", "prec", "recall", "S2S mm", "HD95 mm", "pred mL", "GT mL", "note"]
+    rows = [
+        [
             escape(row["name"]), str(row["label"]), _fmt(row["dice"]), _fmt(row["precision"]), _fmt(row["recall"]),
             _fmt(row["s2s_mm"], 2), _fmt(row["hd95_mm"], 2), _fmt(row["vol_pred_ml"], 1), _fmt(row["vol_gt_ml"], 1),
             row["note"],
-        )
-    out.print(table)
+        ]
+        for row in result["classes"]
+    ]
+    _print_wide(_table(f"{result['case']}  ({size} voxels, {spacing} mm)", headers, rows, ("class", "note")))
 
 
 def _print_folder(result: dict[str, Any]) -> None:
-    table = Table(box=box.SIMPLE_HEAD, title=f"{len(result['cases'])} cases: mean ± std over cases (n = cases with a value)")
-    for col in ("class", "id", "n", "Dice", "prec", "recall", "S2S mm", "HD95 mm", "pred mL", "GT mL"):
-        _add_column(table, col, text=col == "class")
-    for entry in result["summary"]:
-        table.add_row(
-            escape(entry["name"]), str(entry["label"]), f"{entry['dice_n']}/{entry['cases']}", _mean_std(entry, "dice"),
-            _mean_std(entry, "precision"), _mean_std(entry, "recall"), _mean_std(entry, "s2s_mm", 2),
-            _mean_std(entry, "hd95_mm", 2), _mean_std(entry, "vol_pred_ml", 1), _mean_std(entry, "vol_gt_ml", 1),
-        )
-    out.print(table)
+    title = f"{len(result['cases'])} cases: mean ± std over cases (n = cases with a Dice value)"
+    headers = ["class", "id", "n", "Dice", "prec", "recall", "S2S mm", "HD95 mm", "pred mL", "GT mL"]
+    rows = [
+        [
+            escape(e["name"]), str(e["label"]), f"{e['dice_n']}/{e['cases']}", _mean_std(e, "dice"),
+            _mean_std(e, "precision"), _mean_std(e, "recall"), _mean_std(e, "s2s_mm", 2), _mean_std(e, "hd95_mm", 2),
+            _mean_std(e, "vol_pred_ml", 1), _mean_std(e, "vol_gt_ml", 1),
+        ]
+        for e in result["summary"]
+    ]
+    _print_wide(_table(title, headers, rows, ("class",)))
     pairs = (("unmatched_pred", "predictions without a reference"), ("unmatched_gt", "references without a prediction"))
     for key, what in pairs:
         if result[key]:
@@ -204,29 +233,30 @@ def cls(
         print_json(_jsonable(result))
         return
 
-    table = Table(
-        title=f"{result['correct']}/{result['n']} correct: accuracy {result['accuracy']:.3f}, "
+    title = (
+        f"{result['correct']}/{result['n']} correct: accuracy {result['accuracy']:.3f}, "
         f"macro F1 {_fmt(result['macro_f1'])} over {result['macro_classes']} classes"
     )
-    for col in ("class", "precision", "recall", "F1", "support", "predicted", "note"):
-        table.add_column(col, justify="left" if col in ("class", "note") else "right")
-    for row in result["per_class"]:
-        table.add_row(
+    headers = ["class", "precision", "recall", "F1", "support", "predicted", "note"]
+    rows = [
+        [
             escape(row["class"]), _fmt(row["precision"]), _fmt(row["recall"]), _fmt(row["f1"]), str(row["support"]),
             str(row["predicted"]), row["note"],
-        )
-    table.add_section()
-    table.add_row(
+        ]
+        for row in result["per_class"]
+    ]
+    rows.append([
         "macro", _fmt(result["macro_precision"]), _fmt(result["macro_recall"]), _fmt(result["macro_f1"]),
-        str(result["n"]), str(result["n"]), "classes with support only",
-    )
-    out.print(table)
+        str(result["n"]), str(result["n"]), "over classes with support",
+    ])
+    _print_wide(_table(title, headers, rows, ("class", "note")))
 
-    cm = Table(title="confusion matrix (rows: reference, columns: predicted)")
-    cm.add_column("reference \\ predicted")
-    for name in result["classes"]:
-        cm.add_column(escape(name), justify="right")
-    for i, (name, counts) in enumerate(zip(result["classes"], result["confusion_matrix"])):
-        cells = [f"[bold]{c}[/bold]" if i == j and c else (str(c) if c else "[dim]0[/dim]") for j, c in enumerate(counts)]
-        cm.add_row(escape(name), *cells)
+    classes = result["classes"]
+    cm = Table(box=box.SIMPLE_HEAD, title="confusion matrix (rows: reference, columns: predicted, numbered as rows)")
+    cm.add_column("reference", overflow="fold", min_width=12)
+    for j in range(len(classes)):
+        cm.add_column(str(j + 1), justify="right", no_wrap=True)
+    for i, (name, counts) in enumerate(zip(classes, result["confusion_matrix"])):
+        cells = [_cm_cell(c, i == j) for j, c in enumerate(counts)]
+        cm.add_row(f"{i + 1} {escape(name)}", *cells)
     out.print(cm)

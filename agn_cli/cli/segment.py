@@ -1,12 +1,200 @@
-"""`agn segment`."""
+"""`agn segment`: CT scans in (NIfTI, NRRD, MHA/MHD, DICOM folders, batches), uint8 label maps out."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, List, Optional
 
 import typer
 
-CONTEXT_SETTINGS = {"allow_extra_args": True, "ignore_unknown_options": True}
+from agn_cli.cli.console import err, note, out, print_json, warn
+from agn_cli.errors import AgnError
 
-from agn_cli.cli.stub import not_implemented
+
+def _is_batch(inputs: list[Path]) -> bool:
+    from agn_cli.io.volume import dicom_series, is_volume_file
+
+    if len(inputs) > 1:
+        return True
+    single = inputs[0]
+    if not single.is_dir() or dicom_series(single):
+        return False
+    # a folder of scans or of DICOM series folders; an empty folder is one (bad) input
+    return any(p.is_file() and is_volume_file(p) for p in single.iterdir()) or any(
+        p.is_dir() and dicom_series(p) for p in single.iterdir()
+    )
 
 
-def command(ctx: typer.Context) -> None:
-    """Not implemented yet."""
-    not_implemented("segment")
+def _case_outputs(source: Path, output: Path, batch: bool, probabilities, attention, preview):
+    from agn_cli.io.volume import volume_stem
+    from agn_cli.segmentation import CaseOutputs
+
+    if not batch:
+        mask = output / f"{volume_stem(source)}.nii.gz" if output.is_dir() else output
+        return CaseOutputs(mask, probabilities, attention, preview)
+    stem = volume_stem(source)
+    return CaseOutputs(
+        output / f"{stem}.nii.gz",
+        probabilities / f"{stem}_probabilities.nii.gz" if probabilities else None,
+        attention / f"{stem}_attention.nii.gz" if attention else None,
+        preview / f"{stem}_preview.png" if preview else None,
+    )
+
+
+def command(
+    inputs: List[Path] = typer.Argument(
+        ..., help="CT scans: NIfTI/NRRD/MHA/MHD files, DICOM series folders, or a folder of scans (batch).", show_default=False
+    ),
+    output: Path = typer.Option(..., "-o", "--output", help="Label map file (.nii.gz, .nrrd, .mha); a folder for batches."),
+    weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="Checkpoint file or run folder (default: installed default CT model)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    overlap: float = typer.Option(0.5, "--overlap", min=0.0, max=0.95, help="Sliding-window overlap (fraction of the patch)."),
+    tta: bool = typer.Option(False, "--tta", help="Mirroring test-time augmentation (8 passes per window instead of 1)."),
+    batch_size: int = typer.Option(1, "--batch-size", min=1, help="Windows per forward pass."),
+    probabilities: Optional[Path] = typer.Option(None, "--probabilities", help="Write class probabilities (4D NIfTI at model resolution)."),
+    attention: Optional[Path] = typer.Option(
+        None, "--attention", help="Write each gate's attention map on the input grid: PATH_level2.nii.gz, ... (folder for batches)."
+    ),
+    preview: Optional[Path] = typer.Option(None, "--preview", help="Write a PNG: three orthogonal slices with mask and attention."),
+    largest_component: bool = typer.Option(False, "--largest-component", help="Keep only the largest connected component per label."),
+    series: Optional[str] = typer.Option(None, "--series", help="DICOM SeriesInstanceUID to read (default: the series with most slices)."),
+    fast: bool = typer.Option(True, "--fast/--no-fast", help="Fast inference path (BN folding, channels-last, bf16 where it pays)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs (batches: re-run cases already done)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result record(s) as JSON on stdout."),
+) -> None:
+    """Segment abdominal organs in CT volumes; the mask lies exactly on the input grid."""
+    from agn_cli.checkpoint import find_default_weights, resolve_checkpoint
+    from agn_cli.device import configure_cpu_threads, resolve_device
+    from agn_cli.io.volume import list_volume_inputs
+    from agn_cli.segmentation import SegmentOptions, Segmenter
+
+    batch = _is_batch(inputs)
+    if batch:
+        cases = list_volume_inputs(inputs)
+        if not cases:
+            raise AgnError(f"no scans found in {', '.join(map(str, inputs))}")
+        if output.exists() and not output.is_dir():
+            raise AgnError(f"{output} is a file; with several scans -o must be a folder")
+        for extra, flag in ((probabilities, "--probabilities"), (attention, "--attention"), (preview, "--preview")):
+            if extra is not None and extra.exists() and not extra.is_dir():
+                raise AgnError(f"{flag} must be a folder when segmenting several scans: {extra}")
+    else:
+        from agn_cli.segmentation import read_case
+
+        cases = inputs
+        single_outputs = _case_outputs(cases[0], output, False, probabilities, attention, preview)
+        started = time.perf_counter()
+        # input errors before the model loads; the list hands the scan over so it is freed before inference
+        scan = [read_case(cases[0], single_outputs, series, overwrite, notify=note)]
+        read_s = time.perf_counter() - started
+
+    if weights is None:
+        default = find_default_weights("segmentation")
+        if default is None:
+            raise AgnError(
+                "no segmentation weights installed; pass --weights, train one with 'agn train seg ...', or for a pipeline "
+                "test create random ones with 'agn weights init --model attention-unet3d --labels spleen,pancreas,kidney -o w.safetensors'"
+            )
+        note(f"using default weights {default}")
+        weights = default
+    weights_path = resolve_checkpoint(weights)
+    torch_device = resolve_device(device)
+    threads = configure_cpu_threads() if torch_device.type == "cpu" else None
+    segmenter = Segmenter.from_checkpoint(weights_path, torch_device, fast=fast)
+    options = SegmentOptions(overlap=overlap, tta=tta, batch_size=batch_size, largest_component=largest_component)
+    if tta:
+        note("--tta: mirroring over 3 axes runs 8 passes per window (7 extra)")
+    if not json_out:
+        note(f"device {torch_device}" + (f" ({threads} threads)" if threads else "") + f", model {segmenter.card.architecture}")
+
+    if not batch:
+        record = _run_case(segmenter, cases[0], single_outputs, options, series, overwrite, image=(scan, read_s))
+        if json_out:
+            print_json(record)
+        else:
+            _print_single(record)
+        return
+
+    records: list[dict[str, Any]] = []
+    for index, source in enumerate(cases, 1):
+        outputs = _case_outputs(source, output, True, probabilities, attention, preview)
+        if outputs.mask.exists() and not overwrite:
+            records.append({"input": str(source), "output": str(outputs.mask), "status": "skipped", "detail": "output exists"})
+            continue
+        started = time.perf_counter()
+        if not json_out:
+            note(f"[{index}/{len(cases)}] {source}")
+        try:
+            record = _run_case(segmenter, source, outputs, options, series, overwrite)
+            record["status"] = "ok"
+        except AgnError as exc:
+            record = {"input": str(source), "output": str(outputs.mask), "status": "failed", "detail": str(exc)}
+            err.print(f"[red]error:[/red] {source}: {exc}", highlight=False)
+        except Exception as exc:  # keep the batch going; the summary names the failure
+            record = {"input": str(source), "output": str(outputs.mask), "status": "failed", "detail": f"{type(exc).__name__}: {exc}"}
+            err.print(f"[red]error:[/red] {source}: {type(exc).__name__}: {exc}", highlight=False)
+        record["seconds"] = round(time.perf_counter() - started, 2)
+        records.append(record)
+    failed = sum(r["status"] == "failed" for r in records)
+    if json_out:
+        print_json(records)
+    else:
+        _print_summary(records)
+    if failed:
+        raise SystemExit(1)  # typer.Exit is swallowed by the non-standalone entry point
+
+
+def _run_case(segmenter, source: Path, outputs, options, series, overwrite, image=(None, None)) -> dict[str, Any]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from agn_cli.segmentation import segment_case
+
+    if not err.is_terminal:  # no live bar (and no stray blank lines) in logs and pipes
+        return segment_case(segmenter, source, outputs, options, series, overwrite, notify=note, warn=warn, image=image[0], read_seconds=image[1])
+    with Progress(
+        TextColumn("windows"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err, transient=True
+    ) as bar:
+        task = bar.add_task("windows", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        return segment_case(
+            segmenter, source, outputs, options, series, overwrite, notify=note, warn=warn, progress=progress, image=image[0],
+            read_seconds=image[1],
+        )
+
+
+def _print_single(record: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{record['output']}")
+    for column, justify in (("id", "right"), ("label", "left"), ("voxels", "right"), ("volume (mL)", "right")):
+        table.add_column(column, justify=justify)
+    for label_id, stats in record["labels"].items():
+        if label_id == "0":
+            continue
+        table.add_row(label_id, stats["name"], str(stats["voxels"]), f"{stats['volume_ml']:.1f}")
+    out.print(table)
+    timings = ", ".join(f"{k[:-2]} {v:.1f}s" for k, v in record["timings_s"].items())
+    note(f"wrote {record['output']} and {record['sidecar']} ({record['windows']} windows, {record['passes']} passes; {timings})")
+
+
+def _print_summary(records: list[dict[str, Any]]) -> None:
+    from rich.table import Table
+
+    table = Table(title="agn segment")
+    for column in ("case", "status", "output", "seconds", "detail"):
+        table.add_column(column, overflow="fold")
+    for record in records:
+        status = record["status"]
+        style = {"ok": "green", "failed": "red", "skipped": "yellow"}[status]
+        detail = record.get("detail", "")
+        if status == "ok":
+            fg = [s for k, s in record["labels"].items() if k != "0"]
+            detail = ", ".join(f"{s['name']} {s['volume_ml']:.0f} mL" for s in fg[:4])
+        table.add_row(Path(record["input"]).name, f"[{style}]{status}[/{style}]", record["output"], str(record.get("seconds", "")), detail)
+    out.print(table)
+    counts = {s: sum(r["status"] == s for r in records) for s in ("ok", "skipped", "failed")}
+    note(f"{counts['ok']} segmented, {counts['skipped']} skipped (exist; --overwrite re-runs), {counts['failed']} failed")

@@ -1,18 +1,116 @@
-"""`agn synth ...` sub-commands."""
+"""`agn synth ct` and `agn synth us`: synthetic CT phantoms and ultrasound frames."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
 
 import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from agn_cli.cli.stub import not_implemented
+from agn_cli.cli.console import err, out, print_json
+from agn_cli.errors import AgnError
 
 app = typer.Typer(no_args_is_help=True)
 
 
 @app.callback()
 def callback() -> None:
-    """Not implemented yet."""
+    """Synthetic CT phantoms (nnU-Net layout) and ultrasound-like plane frames, for tests, demos and training."""
+
+
+def _progress(json_output: bool) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=err, disable=json_output, transient=True,
+    )
+
+
+def _parse_size_mm(text: Optional[str]) -> Optional[tuple[float, float, float]]:
+    if text is None:
+        return None
+    try:
+        parts = [float(v) for v in text.lower().replace(",", "x").split("x")]
+    except ValueError:
+        raise AgnError(f"--size-mm must look like XxYxZ in mm, e.g. 400x400x250; got {text!r}") from None
+    if len(parts) != 3 or min(parts) <= 0:
+        raise AgnError(f"--size-mm must give three positive sizes XxYxZ in mm, e.g. 400x400x250; got {text!r}")
+    return parts[0], parts[1], parts[2]
 
 
 @app.command("ct")
-def ct() -> None:
-    """Synthetic CT phantoms (not implemented yet)."""
-    not_implemented("synth ct")
+def ct(
+    output: Path = typer.Option(..., "-o", "--output", help="Output folder (nnU-Net v2 layout)."),
+    cases: int = typer.Option(10, "--cases", "-n", help="Number of phantoms."),
+    seed: int = typer.Option(0, "--seed", help="Random seed; case i uses (seed, i)."),
+    resolution: int = typer.Option(128, "--resolution", help="In-plane matrix (128 ~ 2.4-4 mm pixels; 512 ~ 0.6-1 mm)."),
+    size_mm: Optional[str] = typer.Option(
+        None, "--size-mm", help="Fixed field of view XxYxZ in mm (default: random per case)."
+    ),
+    direction: Optional[str] = typer.Option(
+        None, "--direction", help="Array orientation: lps, ras or oblique (default: random per case)."
+    ),
+    contrast: Optional[str] = typer.Option(
+        None, "--contrast", help="Contrast phase: none or portal (default: random per case)."
+    ),
+    whole: bool = typer.Option(False, "--whole", help="Field of view covers every labelled organ whole (no random crop)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing phantom folder."),
+    json_output: bool = typer.Option(False, "--json", help="Print JSON only."),
+) -> None:
+    """Synthetic abdominal CT phantoms with spleen, kidney, liver and pancreas labels (nnU-Net v2 layout)."""
+    from agn_cli.synth.ct_phantom import write_ct_dataset
+
+    t0 = time.perf_counter()
+    with _progress(json_output) as bar:
+        task = bar.add_task("phantoms", total=cases)
+        infos = write_ct_dataset(
+            output, cases, seed=seed, resolution=resolution, direction=direction, contrast=contrast,
+            size_mm=_parse_size_mm(size_mm), crop=not whole, overwrite=overwrite,
+            progress=lambda i, info: bar.advance(task),
+        )
+    seconds = time.perf_counter() - t0
+    result = {
+        "output": str(output),
+        "cases": len(infos),
+        "seconds": round(seconds, 2),
+        "seconds_per_case": round(seconds / max(1, len(infos)), 3),
+        "sizes": [list(i.size) for i in infos],
+        "spacings": [list(i.spacing) for i in infos],
+        "contrast": [i.contrast for i in infos],
+        "direction": [i.direction for i in infos],
+    }
+    if json_output:
+        print_json(result)
+        return
+    out.print(
+        f"wrote {len(infos)} phantoms to {output} (dataset.json, imagesTr/, labelsTr/, phantoms.json) "
+        f"in {seconds:.1f} s ({result['seconds_per_case']:.2f} s per case)"
+    )
+
+
+@app.command("us")
+def us(
+    output: Path = typer.Option(..., "-o", "--output", help="Output folder."),
+    frames: int = typer.Option(50, "--frames", "-n", help="Number of frames (classes in turn)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed; frame i uses (seed, i)."),
+    size: str = typer.Option("224x288", "--size", help="Frame size HEIGHTxWIDTH (SonoNet input is 224x288)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing frames folder."),
+    json_output: bool = typer.Option(False, "--json", help="Print JSON only."),
+) -> None:
+    """Ultrasound-like plane frames (PNG) with labels.csv, boxes.csv and head masks."""
+    from agn_cli.synth.us_frames import parse_size, write_us_dataset
+
+    hw = parse_size(size)
+    t0 = time.perf_counter()
+    with _progress(json_output) as bar:
+        task = bar.add_task("frames", total=frames)
+        counts = write_us_dataset(output, frames, seed=seed, size=hw, overwrite=overwrite,
+                                  progress=lambda i: bar.advance(task))
+    seconds = time.perf_counter() - t0
+    if json_output:
+        print_json({"output": str(output), "frames": frames, "size": list(hw), "classes": counts,
+                    "seconds": round(seconds, 2)})
+        return
+    per_class = ", ".join(f"{k}: {v}" for k, v in counts.items())
+    out.print(f"wrote {frames} frames ({per_class}) to {output} with labels.csv, boxes.csv, masks/ in {seconds:.1f} s")

@@ -7,10 +7,15 @@ handed to networks are in (x, y, z) order (`array_xyz`), the transpose of Simple
 
 from __future__ import annotations
 
+import contextlib
+import gzip
+import os
 import sys
+import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -97,11 +102,12 @@ def _check_image(image: sitk.Image, source: str) -> sitk.Image:
 
 def dicom_series(folder: Path) -> list[tuple[str, list[str]]]:
     """(series UID, file names) for every DICOM series directly in `folder`, most slices first."""
-    try:
-        ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
-    except RuntimeError:
-        ids = ()
-    series = [(uid, list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid))) for uid in ids]
+    with _native_stderr_silenced():  # GDCM warns "No Series were found" on stderr
+        try:
+            ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+        except RuntimeError:
+            ids = ()
+        series = [(uid, list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid))) for uid in ids]
     return sorted(series, key=lambda item: -len(item[1]))
 
 
@@ -125,7 +131,8 @@ def _read_dicom(folder: Path, series_uid: str | None, notify: Callable[[str], No
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     try:
-        return reader.Execute()
+        with _native_stderr_silenced():
+            return reader.Execute()
     except RuntimeError as exc:
         raise AgnError(f"cannot read DICOM series in {folder}: {_first_line(exc)}") from exc
 
@@ -136,7 +143,58 @@ def _first_line(exc: Exception) -> str:
     for line in lines:
         if line.lower().startswith("description:"):
             return line.split(":", 1)[1].strip()
+    for line in lines:
+        if line.startswith("ITK ERROR:") and "): " in line:
+            return line.split("): ", 1)[1].strip()
     return lines[-1] if lines else type(exc).__name__
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """ITK/GDCM/MetaIO print diagnostics straight to file descriptor 2; errors are reported as AgnError instead."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real fd 2 (embedded interpreters)
+        yield
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _check_nifti_payload(path: Path) -> None:
+    """ITK reads a truncated NIfTI silently (missing voxels become 0); compare the data size with the header."""
+    import nibabel as nib
+
+    try:
+        nifti = nib.load(str(path))
+        header = nifti.header
+        expected = int(header.get_data_offset()) + int(np.prod(header.get_data_shape(), dtype=np.int64)) * header.get_data_dtype().itemsize
+    except Exception as exc:  # not a NIfTI header at all: let SimpleITK report it
+        raise AgnError(f"cannot read {path} (unreadable or truncated): {exc}") from exc
+    if path.name.lower().endswith(".gz"):
+        actual = 0
+        try:
+            with gzip.open(path, "rb") as fh:
+                while block := fh.read(1 << 22):
+                    actual += len(block)
+        except (EOFError, OSError, zlib.error):
+            raise AgnError(f"cannot read {path} (unreadable or truncated): the gzip stream ends early") from None
+    else:
+        actual = path.stat().st_size
+    if actual < expected:
+        raise AgnError(f"cannot read {path} (unreadable or truncated): {actual} of {expected} bytes present")
+    if header.get_data_dtype().kind in "fc":
+        # ITK's NIfTI reader turns NaN into 0 without a word; look at the stored floats ourselves
+        data = np.asanyarray(nifti.dataobj)
+        if not np.isfinite(data).all():
+            bad = int(data.size - np.count_nonzero(np.isfinite(data)))
+            raise AgnError(f"{path} has {bad} NaN/inf voxels; fix or mask them before segmenting")
 
 
 def read_volume(
@@ -155,8 +213,11 @@ def read_volume(
     else:
         if path.stat().st_size == 0:
             raise AgnError(f"{path} is empty (0 bytes)")
+        if path.name.lower().endswith((".nii", ".nii.gz")):
+            _check_nifti_payload(path)
         try:
-            image = sitk.ReadImage(str(path))
+            with _native_stderr_silenced():
+                image = sitk.ReadImage(str(path))
         except RuntimeError as exc:
             raise AgnError(f"cannot read {path} (unreadable or truncated): {_first_line(exc)}") from exc
     return _check_image(image, str(path))

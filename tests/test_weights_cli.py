@@ -1,0 +1,103 @@
+"""`agn weights init | list | verify`: random checkpoints with valid cards, sha256 checks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from agn_cli.checkpoint import load_checkpoint, read_card
+from agn_cli.errors import AgnError
+from agn_cli.weights_init import parse_labels, parse_size
+from tests.test_segment import run_cli
+
+
+def test_init_writes_a_loadable_checkpoint_with_a_valid_card(tmp_path, capsys):
+    path = tmp_path / "w.safetensors"
+    code, stdout, stderr = run_cli(
+        capsys, "weights", "init", "--model", "attention-unet3d", "--labels", "spleen,pancreas,kidney", "-o", path,
+        "--base-filters", "4", "--spacing", "2.0", "--patch", "160x160x96", "--seed", "3", "--json",
+    )
+    assert code == 0, stderr
+    info = json.loads(stdout)
+    card = read_card(tmp_path / "w.json")
+    assert card.labels == {0: "background", 1: "spleen", 2: "pancreas", 3: "kidney"}
+    assert card.num_classes == 4 and card.model_kwargs["base_filters"] == 4
+    assert card.spacing == [2.0, 2.0, 2.0] and card.patch_size == [160, 160, 96]
+    assert card.normalisation["type"] == "ct" and card.normalisation["clip"] == [-160.0, 240.0]
+    assert card.task == "segmentation" and "random" in card.training_data
+    assert info["sha256"] == card.weights_sha256 and len(card.weights_sha256) == 64
+    model, loaded = load_checkpoint(path)
+    assert loaded.architecture == "attention-unet3d" and model.num_classes == 4
+
+    # same seed, same weights; refuses to overwrite without --overwrite
+    code, _, stderr = run_cli(capsys, "weights", "init", "--model", "attention-unet3d", "--labels", "a", "-o", path)
+    assert code == 2 and "--overwrite" in stderr
+
+
+def test_seed_makes_init_reproducible(tmp_path, capsys):
+    import torch
+    from safetensors.torch import load_file
+
+    states = []
+    for name, seed in (("a", "7"), ("b", "7"), ("c", "8")):
+        code, _, stderr = run_cli(
+            capsys, "weights", "init", "-m", "unet3d", "--labels", "liver", "-o", tmp_path / f"{name}.safetensors",
+            "--base-filters", "2", "--seed", seed,
+        )
+        assert code == 0, stderr
+        states.append(load_file(str(tmp_path / f"{name}.safetensors")))
+    # compare tensors, not file sha256: safetensors writes its metadata map in no fixed order
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    assert not all(torch.equal(states[0][k], states[2][k]) for k in states[0])
+
+
+def test_verify_ok_and_mismatch(tmp_path, capsys):
+    path = tmp_path / "w.safetensors"
+    assert run_cli(capsys, "weights", "init", "-m", "unet3d", "--labels", "liver", "-o", path, "--base-filters", "2")[0] == 0
+    code, stdout, stderr = run_cli(capsys, "weights", "verify", path)
+    assert code == 0 and "ok" in stdout, stderr
+    code, stdout, _ = run_cli(capsys, "weights", "verify", tmp_path / "w.json", "--json")
+    assert code == 0 and json.loads(stdout)["ok"] is True
+    with open(path, "ab") as fh:
+        fh.write(b"\0")
+    code, stdout, stderr = run_cli(capsys, "weights", "verify", path)
+    assert code == 2
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "does not match" in lines[0]
+    code, _, stderr = run_cli(capsys, "weights", "verify", tmp_path / "missing.safetensors")
+    assert code == 2 and "not found" in stderr
+
+
+def test_list_reads_agn_weights_folders(tmp_path, capsys, monkeypatch):
+    folder = tmp_path / "weights"
+    assert run_cli(capsys, "weights", "init", "-m", "unet3d", "--labels", "liver", "-o", folder / "ct.safetensors", "--base-filters", "2", "--default")[0] == 0
+    monkeypatch.setenv("AGN_WEIGHTS", str(folder))
+    code, stdout, stderr = run_cli(capsys, "weights", "list", "--json")
+    assert code == 0, stderr
+    entries = {entry["weights"]: entry for entry in json.loads(stdout)}
+    entry = entries[str(folder / "ct.safetensors")]
+    assert entry["task"] == "segmentation" and entry["default"] is True
+    code, stdout, _ = run_cli(capsys, "weights", "list")
+    assert code == 0 and "unet3d" in stdout
+    from agn_cli.checkpoint import find_default_weights
+
+    assert find_default_weights("segmentation") == folder / "ct.safetensors"
+
+
+def test_label_and_size_parsing():
+    assert parse_labels("spleen, liver", background=True) == {0: "background", 1: "spleen", 2: "liver"}
+    assert parse_labels("1:spleen,5:liver,pancreas", background=True) == {0: "background", 1: "spleen", 5: "liver", 6: "pancreas"}
+    assert parse_labels("a,b", background=False) == {0: "a", 1: "b"}
+    for bad in ("", "1:a,1:b", "300:x", "x:y"):
+        with pytest.raises(AgnError):
+            parse_labels(bad, background=True)
+    assert parse_size("160x160x96", 3, "--patch") == [160, 160, 96]
+    assert parse_size("2", 3, "--spacing", float) == [2.0, 2.0, 2.0]
+    with pytest.raises(AgnError):
+        parse_size("1x2", 3, "--patch")
+
+
+def test_unknown_model_is_one_line(tmp_path, capsys):
+    code, _, stderr = run_cli(capsys, "weights", "init", "-m", "nope", "--labels", "a", "-o", tmp_path / "w.safetensors")
+    assert code == 2 and "unknown model" in stderr and len(stderr.strip().splitlines()) == 1
