@@ -109,7 +109,7 @@ def save_checkpoint(path: Path | str, model: nn.Module, card: ModelCard, overwri
         if path.suffix == ".safetensors":
             from safetensors.torch import save_file
 
-            save_file(state, str(tmp), metadata={"format": "pt", "agn_architecture": card.architecture})
+            save_file(state, str(tmp), metadata={"format": "pt"})  # one key: safetensors orders metadata by hash, so two keys make the sha256 vary
         else:
             torch.save(state, tmp)
         card.weights_sha256 = sha256_file(tmp)

@@ -8,7 +8,8 @@ from __future__ import annotations
 import sys
 from typing import Optional
 
-import click
+import importlib
+
 import typer
 
 from agn_cli import __version__
@@ -73,6 +74,17 @@ app.add_typer(data.app, name="data", help="Validate datasets in nnU-Net or Medic
 app.add_typer(synth.app, name="synth", help="Synthetic CT phantoms and ultrasound frames for tests and demos.")
 
 
+def _click_exceptions():
+    """The click exception module typer uses: its own vendored copy (typer >= 0.29) or click itself."""
+    module_name = typer.BadParameter.__module__
+    return importlib.import_module(module_name)
+
+
+_CLICK = _click_exceptions()
+_EXIT = tuple({typer.Exit, getattr(_CLICK, "Exit", typer.Exit)})
+_ABORT = tuple({typer.Abort, getattr(_CLICK, "Abort", typer.Abort)})
+
+
 def _debug_requested(argv: list[str]) -> bool:
     return _state["debug"] or "--debug" in argv
 
@@ -87,12 +99,12 @@ def main(argv: Optional[list[str]] = None) -> None:
             raise
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         sys.exit(exc.exit_code)
-    except click.exceptions.Exit as exc:
+    except _EXIT as exc:
         sys.exit(exc.exit_code)
-    except click.ClickException as exc:
+    except _CLICK.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except _ABORT:
         err.print("aborted")
         sys.exit(130)
     except KeyboardInterrupt:

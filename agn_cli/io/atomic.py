@@ -45,6 +45,11 @@ def atomic_path(path: Path | str, overwrite: bool = False) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        if tmp.exists():
+            # mkstemp creates 0600; outputs should get the permissions any new file would get.
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
