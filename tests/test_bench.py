@@ -129,3 +129,9 @@ def test_bench_error_via_subprocess_is_one_line():
     assert proc.stdout == ""
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "208x272" in lines[0]
+
+
+@pytest.mark.parametrize(("size", "expected"), [("32x32x16", "attention-unet3d"), ("64x80", "ag-sononet-8")])
+def test_bench_model_defaults_follow_the_size(size, expected):
+    record = bench_json("--size", size, "--device", "cpu", "--repeat", "1", "--warmup", "0")
+    assert record["model"] == expected

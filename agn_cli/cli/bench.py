@@ -82,7 +82,7 @@ def _print_table(record: dict[str, Any]) -> None:
 
 
 def command(
-    model: str = typer.Option(..., "--model", "-m", help="Registered model name (see agn info)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Registered model name (see agn info); default attention-unet3d for a 3D --size, ag-sononet-8 for a 2D one."),
     size: Optional[str] = typer.Option(None, "--size", help="Input size: 160x160x96 for 3D (x, y, z), 208x272 for 2D; the window size for --stage window/e2e."),
     batch: int = typer.Option(1, "--batch", help="Batch size (windows per batch for --stage window/e2e)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
@@ -119,6 +119,8 @@ def command(
         raise AgnError("--compare eager compares the fast path with eager; drop --no-fast")
     if output is not None:
         check_writable(output, overwrite)
+    if model is None:
+        model = "ag-sononet-8" if size is not None and size.lower().count("x") == 1 else "attention-unet3d"
     cfg = BenchConfig(
         model=model, size=size, batch=batch, device=device, dtype=dtype, mode=mode, repeat=repeat, warmup=warmup,
         stage=stage, compare_eager=compare is not None, fast=fast, compile=compile, threads=threads,
