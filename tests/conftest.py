@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,25 @@ def shared_dir() -> Path:
     if not (path / "data").is_dir():
         pytest.skip(f"real data not found at {path} (set AGN_SHARED to the shared/ folder)")
     return path
+
+
+def run_agn(*args: str) -> subprocess.CompletedProcess:
+    """`agn ARGS` in a fresh interpreter, from the repository root."""
+    return subprocess.run([sys.executable, "-m", "agn_cli", *args], capture_output=True, text=True, cwd=REPO_ROOT)
+
+
+def run_agn_here(capsys: pytest.CaptureFixture, *args: str) -> subprocess.CompletedProcess:
+    """In-process run of `agn` (saves the interpreter start); same exit codes and streams as the console script."""
+    from agn_cli.cli.app import main
+
+    capsys.readouterr()
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(list(args), code, captured.out, captured.err)
 
 
 def require(path: Path) -> Path:

@@ -13,25 +13,11 @@ import pytest
 
 from agn_cli.frame_preprocess import FrameGeometry
 from agn_cli.localisation import LocalisationParams, box_iou, localisation_table, localise, mask_box
-from tests.conftest import REPO_ROOT, require
+from tests.conftest import REPO_ROOT, require, run_agn, run_agn_here
 
 
-def _agn(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "agn_cli", *args], capture_output=True, text=True, cwd=REPO_ROOT)
-
-
-def _agn_here(capsys: pytest.CaptureFixture, *args: str) -> subprocess.CompletedProcess:
-    """In-process run of `agn` (saves the interpreter start); same exit codes and streams as the console script."""
-    from agn_cli.cli.app import main
-
-    capsys.readouterr()
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return subprocess.CompletedProcess(list(args), code, captured.out, captured.err)
+_agn = run_agn
+_agn_here = run_agn_here
 
 
 def test_box_maps_back_through_resize_and_crop() -> None:

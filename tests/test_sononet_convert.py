@@ -14,7 +14,7 @@ import torch
 from agn_cli.checkpoint import load_checkpoint, load_state_dict
 from agn_cli.errors import AgnError
 from agn_cli.sononet_convert import LASAGNE_BN_EPS, SONONET_LABELS, sononet16_from_npz
-from tests.conftest import REPO_ROOT, require
+from tests.conftest import REPO_ROOT, require, run_agn, run_agn_here
 
 SHIPPED = REPO_ROOT / "weights" / "sononet16.safetensors"
 # (out, in, k) of the 15 convolutions of the published SonoNet-16
@@ -62,22 +62,8 @@ def test_conversion_rejects_wrong_files(tmp_path: Path) -> None:
         sononet16_from_npz(tmp_path / "absent.npz")
 
 
-def _agn(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "agn_cli", *args], capture_output=True, text=True, cwd=REPO_ROOT)
-
-
-def _agn_here(capsys: pytest.CaptureFixture, *args: str) -> subprocess.CompletedProcess:
-    """In-process run of `agn` (saves the interpreter start); same exit codes and streams as the console script."""
-    from agn_cli.cli.app import main
-
-    capsys.readouterr()
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return subprocess.CompletedProcess(list(args), code, captured.out, captured.err)
+_agn = run_agn
+_agn_here = run_agn_here
 
 
 def test_cli_convert_writes_card_and_refuses_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

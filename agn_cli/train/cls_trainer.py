@@ -14,7 +14,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 import torch
@@ -28,6 +28,7 @@ from agn_cli.train.augment import AugmentConfig, augment_sample
 from agn_cli.train.cls_data import cache_frames, find_background, load_cls_dataset, sampling_weights, split_items
 from agn_cli.train.engine import make_progress, make_scaler, optimiser_step, resolve_precision, split_micro, wrap_ddp
 from agn_cli.train.run_state import (
+    RunConfig,
     STATE_FILE,
     load_state,
     prepare_run_dir,
@@ -46,18 +47,14 @@ def _default_cls_augment() -> dict[str, Any]:
 
 
 @dataclass
-class ClsTrainConfig:
-    dataset: str
-    output: str
+class ClsTrainConfig(RunConfig):
     model: str = "ag-sononet-16"
     base_filters: int | None = None
     aggregation: str = "deep-sup"
     init: str | None = None
     freeze_backbone: bool = True
-    epochs: int = 300
     steps_per_epoch: int | None = None  # default: one pass over the training images
     batch_size: int = 64
-    accumulate: int = 1
     size: tuple[int, int] = (224, 288)
     crop_size: tuple[int, int] = (208, 272)
     crop: str = "none"  # "none" | "sononet" (the screen-capture crop of SonoNet's frames)
@@ -72,24 +69,8 @@ class ClsTrainConfig:
     background: str | None = None
     background_weight: float | None = None
     augment: dict[str, Any] = field(default_factory=_default_cls_augment)
-    precision: str = "auto"
-    grad_clip: float = 0.0
-    val_fraction: float = 0.2
-    val_every: int = 1
-    seed: int = 0
-    deterministic: bool = True
-    workers: int = 0
-    device: str = "auto"
-    cache_dir: str | None = None
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ClsTrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        data = {k: v for k, v in data.items() if k in known}
-        for key in ("size", "crop_size"):
-            if key in data:
-                data[key] = tuple(data[key])
-        return cls(**data)
+    TUPLE_FIELDS: ClassVar[tuple[str, ...]] = ("size", "crop_size")
 
 
 def preprocessing_for(cfg: ClsTrainConfig) -> dict[str, Any]:

@@ -11,9 +11,11 @@ from __future__ import annotations
 import csv
 import io
 import json
+import dataclasses
 import random
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -31,6 +33,38 @@ RUN_FILES = (
     "metrics.csv",
     "config.json",
 )
+
+
+@dataclass
+class RunConfig:
+    """Settings every training run shares; saved as config.json so `--resume` continues with the same ones."""
+
+    dataset: str
+    output: str
+    epochs: int = 300
+    batch_size: int = 2  # global, per optimiser step
+    accumulate: int = 1  # micro-batches per rank per step (same effective batch, less memory)
+    precision: str = "auto"
+    grad_clip: float = 0.0
+    val_fraction: float = 0.2
+    val_every: int = 1
+    seed: int = 0
+    deterministic: bool = True
+    workers: int = 0
+    device: str = "auto"
+    cache_dir: str | None = None
+
+    TUPLE_FIELDS: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        """Rebuild from config.json: unknown keys are ignored, JSON lists become the tuples the fields expect."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        data = {k: v for k, v in data.items() if k in known}
+        for key in cls.TUPLE_FIELDS:
+            if data.get(key) is not None:
+                data[key] = tuple(data[key])
+        return cls(**data)
 
 
 def seed_everything(seed: int, deterministic: bool = True, device: torch.device | None = None) -> None:

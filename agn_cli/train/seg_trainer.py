@@ -13,7 +13,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, ClassVar
 
 import numpy as np
 import torch
@@ -36,6 +36,7 @@ from agn_cli.train.engine import (
 from agn_cli.train.losses import DEEP_SUPERVISION_MODES, DiceCELoss, deep_supervision_loss
 from agn_cli.train.patches import choose_patch_origin, effective_patch, extract_patch
 from agn_cli.train.run_state import (
+    RunConfig,
     STATE_FILE,
     load_state,
     prepare_run_dir,
@@ -54,15 +55,10 @@ SEG_MODELS = ("attention-unet3d", "unet3d")
 
 
 @dataclass
-class SegTrainConfig:
-    dataset: str
-    output: str
+class SegTrainConfig(RunConfig):
     model: str = "attention-unet3d"
     base_filters: int = 16
-    epochs: int = 300
     steps_per_epoch: int = 250
-    batch_size: int = 2  # global, per optimiser step
-    accumulate: int = 1  # micro-batches per rank per step (same effective batch, less memory)
     patch: tuple[int, int, int] = (160, 160, 96)
     spacing: tuple[float, float, float] = (2.0, 2.0, 2.0)
     optimizer: str = "adam"
@@ -78,27 +74,12 @@ class SegTrainConfig:
     deep_supervision: str = "aux"
     p_foreground: float = 0.33
     augment: dict[str, Any] = field(default_factory=lambda: AugmentConfig().to_dict())
-    precision: str = "auto"
     grad_clip: float = 12.0
-    val_fraction: float = 0.2
     fold: int | None = None
     folds: int = 5
-    val_every: int = 1
-    seed: int = 0
-    deterministic: bool = True
-    workers: int = 0
-    device: str = "auto"
-    cache_dir: str | None = None
     max_train_cases: int | None = None
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "SegTrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        data = {k: v for k, v in data.items() if k in known}
-        for key in ("patch", "spacing"):
-            if key in data and data[key] is not None:
-                data[key] = tuple(data[key])
-        return cls(**data)
+    TUPLE_FIELDS: ClassVar[tuple[str, ...]] = ("patch", "spacing")
 
 
 def _validate(cfg: SegTrainConfig, world: int) -> None:
