@@ -40,8 +40,8 @@ LABELS: dict[str, int] = {
 
 # Target volumes (mL) sampled per case: adult ranges.
 VOLUME_RANGES_ML: dict[str, tuple[float, float]] = {
-    "liver": (1200.0, 1800.0),
-    "spleen": (150.0, 300.0),
+    "liver": (1000.0, 1800.0),
+    "spleen": (150.0, 320.0),
     "kidney_right": (120.0, 180.0),
     "kidney_left": (120.0, 180.0),
     "pancreas": (60.0, 100.0),
@@ -460,7 +460,9 @@ def _phantom(rng: np.random.Generator, grid: Grid, contrast: str) -> tuple[np.nd
     jit = lambda s: rng.normal(0, s, 3)  # noqa: E731
 
     right_lobe = Blob(
-        np.array([-72, -45, 50]) + jit(6), np.array([75, 85, 85.0]), _rot(0, 0, math.radians(_u(rng, -10, 10))),
+        np.array([-72, -45, _u(rng, 38, 58)]) + jit(6),
+        np.array([75, 85, 85.0]),
+        _rot(0, 0, math.radians(_u(rng, -10, 10))),
         power=_u(rng, 2.2, 2.8),
     )
     left_lobe = Blob(
@@ -484,7 +486,7 @@ def _phantom(rng: np.random.Generator, grid: Grid, contrast: str) -> tuple[np.nd
     _calibrate(liver, targets["liver"], 3, 4.0)
 
     spleen = Blob(
-        np.array([_u(rng, 85, 105), _u(rng, 5, 25), _u(rng, 40, 65)]),
+        np.array([_u(rng, 88, 112), _u(rng, 0, 25), _u(rng, 28, 62)]),  # posterolateral, ribs 9-11
         np.array([22, 55, 45.0]) * rng.uniform(0.9, 1.1, 3),
         _rot(math.radians(_u(rng, -10, 10)), 0, math.radians(_u(rng, -50, -30))),
         power=2.0, bend=-0.25, deform=Waves(rng, 4, (60, 120), 4, 3),
@@ -493,7 +495,7 @@ def _phantom(rng: np.random.Generator, grid: Grid, contrast: str) -> tuple[np.nd
     _calibrate(spleen, targets["spleen"], 3, 3.0)
 
     kidneys = {}
-    kz = _u(rng, -8, 8)
+    kz = _u(rng, -25, 8)  # kidneys ride low or high against liver and spleen (L1-L3 hilum, breathing)
     for name, side in (("kidney_right", -1), ("kidney_left", 1)):
         zoff = -_u(rng, 5, 20) if side < 0 else 0.0
         kidneys[name] = Blob(
@@ -531,11 +533,12 @@ def _phantom(rng: np.random.Generator, grid: Grid, contrast: str) -> tuple[np.nd
         P.paint(sl, m & (d > r - 3), 80.0 if pv else 40.0)
 
     # HU per organ for this case
-    liver_hu = _u(rng, 50, 70) + (_u(rng, 30, 60) if pv else 0)
-    spleen_hu = _u(rng, 40, 50) + (_u(rng, 60, 80) if pv else 0)
-    pancreas_hu = _u(rng, 40, 50) + (_u(rng, 40, 60) if pv else 0)
-    kidney_cortex = _u(rng, 150, 200) if pv else _u(rng, 28, 35)
-    kidney_medulla = kidney_cortex - _u(rng, 10, 40) if pv else kidney_cortex - 3
+    # unenhanced ranges are wide on purpose: low-dose (e.g. PET/CT) scans and fatty pancreas sit low
+    liver_hu = (_u(rng, 50, 70) if pv else _u(rng, 47, 68)) + (_u(rng, 30, 60) if pv else 0)
+    spleen_hu = (_u(rng, 40, 50) if pv else _u(rng, 36, 50)) + (_u(rng, 60, 80) if pv else 0)
+    pancreas_hu = (_u(rng, 40, 50) if pv else _u(rng, 32, 50)) + (_u(rng, 40, 60) if pv else 0)
+    kidney_cortex = _u(rng, 150, 200) if pv else _u(rng, 22, 36)
+    kidney_medulla = kidney_cortex - _u(rng, 10, 40) if pv else kidney_cortex - _u(rng, 0, 8)
     aorta_hu = _u(rng, 150, 250) if pv else _u(rng, 35, 45)
     vein_hu = _u(rng, 130, 200) if pv else _u(rng, 35, 45)
     hep_vessel_hu = liver_hu + _u(rng, 40, 70) if pv else liver_hu - _u(rng, 12, 20)
