@@ -8,8 +8,8 @@
 Stages (each one skips what is already done, so a killed run continues with the same command):
 
 1. data: `agn synth ct` phantoms (generator seed and case count below) in nnU-Net v2 layout;
-2. train: `agn train seg` with the recipe below (CPU: about 0.75 s per step of 2 patches on 2 idle EPYC cores,
-   7-11 s when the cores are busy; the run resumes from its latest state if interrupted);
+2. train: `agn train seg` with the recipe below (CPU: about 2 s per step of two 80x64x48 patches on one EPYC core,
+   so about 20 min; the run resumes from its latest state if interrupted);
 3. install: the run's final (latest) checkpoint is written to weights/ with a model card that says exactly what it
    was trained on, with label ids renumbered to TotalSegmentator's "total" ids (1 spleen, 2 kidney_right,
    3 kidney_left, 5 liver, 7 pancreas) so masks compare directly with TotalSegmentator outputs, and marked default;
@@ -47,8 +47,9 @@ TRAIN_ARGS = [
     "--intensity", "0.25", "--noise", "0.1", "--fg-oversample", "0.5",
     "--val-fraction", "0.05", "--val-every", "20", "--seed", "0",
 ]
-# One session of 20 epochs; a list of (--epochs, --stop-after) lets a time-limited machine train in pieces.
-SESSIONS = [("20", None)]
+# 20 epochs in four sessions of 5 (--stop-after 5, then --resume), as the shipped weights were trained; a resumed run
+# continues the same sample and random streams (tests/test_train_seg.py), so sessions only mark where it may pause.
+SESSIONS = [("20", 5)] * 4
 # TotalSegmentator v2 "total" ids for the phantom classes (phantom ids 1..5 = spleen, kidney_right, kidney_left,
 # liver, pancreas); class order is unchanged, only the ids written into the mask differ.
 CARD_LABELS = {0: "background", 1: "spleen", 2: "kidney_right", 3: "kidney_left", 5: "liver", 7: "pancreas"}
@@ -125,7 +126,8 @@ def stage_install(work: Path, out: Path, overwrite: bool, machine_text: str | No
             f"Synthetic only: {PHANTOM_CASES} abdominal CT phantoms from agn's generator (agn_cli/synth/ct_phantom.py, "
             f"agn {card.agn_version}: 'agn synth ct --cases {PHANTOM_CASES} --seed {PHANTOM_SEED} --resolution "
             f"{PHANTOM_RESOLUTION}'), contrast phases {' and '.join(contrasts)} (about half each), random spacing "
-            "(in-plane 2.4-4 mm, slices 1.9-5 mm), orientation (LPS, RAS, oblique) and field of view; "
+            "(in-plane 2.4-4 mm, slices 1.9-5 mm), orientation (LPS, RAS, oblique) and field of view (about half "
+            "abdomen-pelvis, 330-480 mm in z, the rest upper abdomen); "
             f"{len(meta) - round(len(meta) * float(config['val_fraction']))} cases trained on, the rest held out for "
             f"validation. Resampled to {card.spacing[0]:g} mm isotropic, training patch "
             f"{'x'.join(map(str, card.patch_size or []))} voxels. {steps} Adam steps of batch 2 ({epochs} epochs x "

@@ -10,6 +10,11 @@ Anatomy is a set of analytic templates (superellipsoids, tubes along poly-lines)
 fields (a few low-frequency plane waves), with organ volumes calibrated to adult ranges. Intensities follow published
 Hounsfield unit ranges without and with portal-venous contrast; a Gaussian PSF (partial volume) and correlated Gaussian
 noise finish the image.
+
+What made the default CT model transfer to a real scan (README, "Sim-to-real"): fat where real abdomens have it
+(perirenal fat that keeps liver and spleen off the kidneys, thin fat planes between organs and bowel or muscle), the
+colon in front of the kidneys rather than beside them, and abdomen-pelvis fields of view with the pelvic structures
+(bladder, femoral heads, gluteal muscles) a network must learn to call background.
 """
 
 from __future__ import annotations
@@ -401,9 +406,11 @@ def _phantom(rng: np.random.Generator, grid: Grid, contrast: str) -> tuple[np.nd
 
     colon_r = _u(rng, 18, 26)
     zt = _u(rng, 5, 25)
+    # ascending and descending colon lie in the anterior pararenal space: lateral to and in front of the kidneys
+    ya, yd = _u(rng, -60, -25), _u(rng, -60, -20)
     colon = Tube.along(
-        [(-95, -5, -140), (-100, -20, -60), (-95, -40, zt), (-50, -75, zt + 8), (20, -80, zt + 12),
-         (85, -50, zt + 25), (100, -5, 20), (98, 5, -60), (80, -20, -150)],
+        [(-90, ya, -140), (-97, ya, -60), (-92, ya - 10, zt), (-50, -75, zt + 8), (20, -80, zt + 12),
+         (85, -55, zt + 25), (97, yd, 20), (95, yd, -60), (80, yd - 10, -150)],
         [colon_r] * 9,
         deform=Waves(rng, 4, (80, 160), 8, 3),
         clip=lambda x, y, z: cavity(x, y, z) & below_dome(x, y, z, 10),
@@ -460,8 +467,8 @@ def _phantom(rng: np.random.Generator, grid: Grid, contrast: str) -> tuple[np.nd
     jit = lambda s: rng.normal(0, s, 3)  # noqa: E731
 
     right_lobe = Blob(
-        np.array([-72, -45, _u(rng, 38, 58)]) + jit(6),
-        np.array([75, 85, 85.0]),
+        np.array([-72, -45, _u(rng, 28, 55)]) + jit(6),
+        np.array([75, 85, _u(rng, 85, 110)]),
         _rot(0, 0, math.radians(_u(rng, -10, 10))),
         power=_u(rng, 2.2, 2.8),
     )
@@ -486,7 +493,7 @@ def _phantom(rng: np.random.Generator, grid: Grid, contrast: str) -> tuple[np.nd
     _calibrate(liver, targets["liver"], 3, 4.0)
 
     spleen = Blob(
-        np.array([_u(rng, 88, 112), _u(rng, 0, 25), _u(rng, 28, 62)]),  # posterolateral, ribs 9-11
+        np.array([_u(rng, 98, 122), _u(rng, 10, 35), _u(rng, 28, 62)]),  # posterolateral, ribs 9-11
         np.array([22, 55, 45.0]) * rng.uniform(0.9, 1.1, 3),
         _rot(math.radians(_u(rng, -10, 10)), 0, math.radians(_u(rng, -50, -30))),
         power=2.0, bend=-0.25, deform=Waves(rng, 4, (60, 120), 4, 3),
@@ -534,10 +541,10 @@ def _phantom(rng: np.random.Generator, grid: Grid, contrast: str) -> tuple[np.nd
 
     # HU per organ for this case
     # unenhanced ranges are wide on purpose: low-dose (e.g. PET/CT) scans and fatty pancreas sit low
-    liver_hu = (_u(rng, 50, 70) if pv else _u(rng, 47, 68)) + (_u(rng, 30, 60) if pv else 0)
-    spleen_hu = (_u(rng, 40, 50) if pv else _u(rng, 36, 50)) + (_u(rng, 60, 80) if pv else 0)
-    pancreas_hu = (_u(rng, 40, 50) if pv else _u(rng, 32, 50)) + (_u(rng, 40, 60) if pv else 0)
-    kidney_cortex = _u(rng, 150, 200) if pv else _u(rng, 22, 36)
+    liver_hu = (_u(rng, 50, 70) if pv else _u(rng, 40, 68)) + (_u(rng, 30, 60) if pv else 0)
+    spleen_hu = (_u(rng, 40, 50) if pv else _u(rng, 30, 50)) + (_u(rng, 60, 80) if pv else 0)
+    pancreas_hu = (_u(rng, 40, 50) if pv else _u(rng, 10, 50)) + (_u(rng, 40, 60) if pv else 0)
+    kidney_cortex = _u(rng, 150, 200) if pv else _u(rng, 14, 36)
     kidney_medulla = kidney_cortex - _u(rng, 10, 40) if pv else kidney_cortex - _u(rng, 0, 8)
     aorta_hu = _u(rng, 150, 250) if pv else _u(rng, 35, 45)
     vein_hu = _u(rng, 130, 200) if pv else _u(rng, 35, 45)
@@ -587,11 +594,16 @@ def _phantom(rng: np.random.Generator, grid: Grid, contrast: str) -> tuple[np.nd
                   clip=in_abdomen)
         P.shape(gb, _u(rng, 0, 20), _RESERVED)
 
+    perirenal = _u(rng, 2, 12)  # mm of perirenal fat (inside Gerota's fascia); liver and spleen stay outside it
+    fat_hu = rng.normal(-95, 8)
     for name, kid in kidneys.items():
-        sl, c = P.region(*kid.box())
+        lo, hi = kid.box()
+        sl, c = P.region(lo - perirenal, hi + perirenal)
         if sl is None:
             continue
         rho = kid.rho(*c)
+        grow = 1.0 + perirenal / float(kid.semi.min() * kid.scale)
+        P.paint(sl, (rho <= grow) & (rho > 1.0) & in_abdomen(*c), fat_hu, _RESERVED, keep_labels=True)
         m = rho <= 1.0
         # renal sinus: fat and a fluid pelvis at the medial hilum, not part of the kidney label
         side = -1 if name == "kidney_right" else 1
@@ -611,6 +623,12 @@ def _phantom(rng: np.random.Generator, grid: Grid, contrast: str) -> tuple[np.nd
     if sl is not None:
         m = liver_vessels.inside(*c) & (P.lab[sl] == LABELS["liver"])
         P.paint(sl, m, hep_vessel_hu)  # intrahepatic vessels stay in the liver label
+
+    # fat planes: in real abdomens fat separates organs and vessels from bowel and muscle, so unlabelled soft tissue
+    # (bowel, muscle) next to them becomes fat.
+    d_any = ndimage.distance_transform_edt(P.lab == 0, sampling=g.spacing[::-1])
+    soft = (P.lab == 0) & (P.hu > -50) & (P.hu < 150) & cavity(X, Y, Z)
+    P.hu[soft & (d_any <= _u(rng, 1.5, 6))] = fat_hu
     P.lab[P.lab == _RESERVED] = 0
 
     # ---- spine: vertebral bodies with discs, canal, posterior elements; ribs; iliac wings.
@@ -652,10 +670,47 @@ def _phantom(rng: np.random.Generator, grid: Grid, contrast: str) -> tuple[np.nd
         sl, c = P.region((-160, -60, -400), (160, 80, zb - 20))
         if sl is not None:
             x, y, z = c
-            wing = (np.abs(np.abs(x) - 95 - 0.3 * (y - 20)) < 5) & (y > -40) & (y < 60) & (z < zb - 30)
+            wing = (np.abs(np.abs(x) - 95 - 0.3 * (y - 20)) < 5) & (y > -40) & (y < 60) & (z < zb - 30) & (z > zb - 95)
             P.paint(sl, wing & (body_rho(x, y, z) < 1.0), _u(rng, 300, 600))
+    _pelvis(P, rng, body_rho, zb, pv)
 
     return P.hu, P.lab, targets
+
+
+def _pelvis(P: "_Painter", rng: np.random.Generator, body_rho, zb: float, pv: bool) -> None:
+    """Background structures of the lower pelvis, so abdomen-pelvis scans teach what is *not* an organ: urinary
+    bladder (fluid), femoral heads and necks in their acetabula, gluteal muscles. z is relative to the renal hilum
+    (a real abdomen-pelvis CT has the femoral heads about 230 mm below it and the bladder about 200 mm)."""
+    z_fem = _u(rng, -250, -215)
+    sl, c = P.region((-200, -150, z_fem - 120), (200, 200, zb + 20))
+    if sl is None:
+        return
+    x, y, z = c
+    body = body_rho(x, y, z) < 1.0
+    muscle_hu = _u(rng, 10, 55) + (8 if pv else 0)  # gluteal muscle is often fatty, low HU
+    glut_max = body & (np.abs(x) > 15) & (y > 25 + 0.1 * np.abs(x)) & (z < zb - _u(rng, 10, 40)) & (
+        ((np.abs(x) - 80) / 70) ** 2 + ((y - 70) / 45) ** 2 <= 1.0)
+    glut_med = body & (((np.abs(x) - 125) / 28) ** 2 + ((y - 0) / 40) ** 2 <= 1.0) & (z < zb - 20) & (z > z_fem - 10)
+    P.paint(sl, glut_max | glut_med, muscle_hu, keep_labels=True)
+    bladder = Blob(np.array([rng.normal(0, 8), _u(rng, -75, -45), z_fem + _u(rng, 15, 45)]),
+                   np.array([_u(rng, 30, 55), _u(rng, 25, 45), _u(rng, 25, 45)]), _rot(0, 0, 0), power=2.2,
+                   deform=Waves(rng, 3, (40, 80), 4, 3))
+    rho = bladder.rho(x, y, z)
+    P.paint(sl, body & (rho <= 1.0), _u(rng, 0, 20), keep_labels=True)
+    P.paint(sl, body & (rho <= 1.0) & (rho > 0.93), _u(rng, 30, 45) + (20 if pv else 0), keep_labels=True)
+    cortical, cancellous = _u(rng, 500, 900), _u(rng, 150, 300)
+    for side in (-1, 1):
+        head = np.array([side * _u(rng, 85, 100), _u(rng, -15, 5), z_fem])
+        r = _u(rng, 21, 26)
+        d = np.sqrt((x - head[0]) ** 2 + (y - head[1]) ** 2 + (z - head[2]) ** 2)
+        shaft = Tube.along([head, head + np.array([side * 30, 5, -35]), head + np.array([side * 45, 10, -120])],
+                           [r * 0.6, r * 0.65, r * 0.55])
+        ds, rs = shaft.dist(x, y, z)
+        bone = body & ((d <= r) | (ds <= rs))
+        inner = (d <= r - 3) | (ds <= rs - 4)
+        socket = body & (d > r + 2) & (d <= r + 9) & (side * (x - head[0]) < 8) & (z > head[2] - 10)
+        P.paint(sl, socket, cortical * 0.7, keep_labels=True)
+        P.paint(sl, bone, np.where(inner, cancellous, cortical).astype(_F32), keep_labels=True)
 
 
 def _direction_matrix(kind: str, rng: np.random.Generator) -> np.ndarray:
@@ -707,13 +762,20 @@ def generate_ct_case_with_info(
     if size_mm is not None:
         fov_z = float(size_mm[2])
         nz = max(4, int(round(fov_z / sz)))
+    elif crop and rng.random() < 0.5:  # abdomen-pelvis protocol: from below the hips up into the liver
+        fov_z = _u(rng, 330, 480)
+        sz = max(sz, fov_z / (160 * f))  # keep the array small: at most 160 slices at resolution 128
+        nz = int(round(fov_z / sz))
     else:
         lo_n = max(int(round(40 * f)), int(math.ceil((260 if not crop else 130) / sz)))
         hi_n = max(lo_n, int(round(90 * f)))
         nz = int(rng.integers(lo_n, hi_n + 1))
+    pelvis = size_mm is None and nz * sz >= 330
     fov_z = nz * sz
     need_lo, need_hi = (-90.0, 150.0) if not crop else (-40.0, 70.0)
-    if fov_z >= need_hi - need_lo:
+    if pelvis and crop:
+        z_lo = _u(rng, -300, -230)
+    elif fov_z >= need_hi - need_lo:
         z_lo = _u(rng, need_hi - fov_z, need_lo)
     else:
         z_lo = (need_lo + need_hi - fov_z) / 2

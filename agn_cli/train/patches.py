@@ -29,14 +29,6 @@ def foreground_locations(label: np.ndarray, rng: np.random.Generator, max_per_cl
     return out
 
 
-def effective_patch(patch: Sequence[int], shapes: Sequence[Sequence[int]]) -> tuple[int, ...]:
-    """The requested patch clipped to the smallest volume on every axis, so every case yields a full patch."""
-    if not shapes:
-        return tuple(int(p) for p in patch)
-    smallest = np.min(np.asarray(shapes), axis=0)
-    return tuple(int(min(p, s)) for p, s in zip(patch, smallest))
-
-
 def choose_patch_origin(
     shape: Sequence[int],
     patch: Sequence[int],
@@ -44,25 +36,41 @@ def choose_patch_origin(
     locations: dict[int, np.ndarray] | None = None,
     p_foreground: float = 0.33,
 ) -> tuple[int, ...]:
-    """Lower corner of a patch inside `shape`; with probability `p_foreground` centred on a foreground voxel."""
+    """Lower corner of a patch over `shape`; with probability `p_foreground` centred on a foreground voxel.
+
+    On an axis where the volume is shorter than the patch the origin is negative (between shape - patch and 0):
+    the volume sits at a random place inside the patch and `extract_patch` pads around it, so a few small cases
+    never shrink the patch, and so the context, of every case (nnU-Net pads the same way).
+    """
     shape = np.asarray(shape)
     patch = np.asarray(patch)
-    high = shape - patch  # inclusive maximum origin
+    lo = np.minimum(shape - patch, 0)  # origin range [lo, hi] on every axis
+    hi = np.maximum(shape - patch, 0)
     force_fg = rng.random() < p_foreground
     classes = sorted(locations) if locations else []
     pick_class = int(rng.integers(0, len(classes))) if classes else 0
     pick_voxel = rng.random()
-    uniform = np.array([rng.integers(0, h + 1) for h in high])
+    uniform = np.array([rng.integers(a, b + 1) for a, b in zip(lo, hi)])
     if force_fg and classes:
         locs = locations[classes[pick_class]]
         centre = locs[min(int(pick_voxel * len(locs)), len(locs) - 1)]
-        origin = np.clip(centre - patch // 2, 0, high)
+        origin = np.clip(centre - patch // 2, lo, hi)
     else:
         origin = uniform
     return tuple(int(v) for v in origin)
 
 
-def extract_patch(array: np.ndarray, origin: Sequence[int], patch: Sequence[int]) -> np.ndarray:
-    """array[..., o0:o0+p0, o1:o1+p1, o2:o2+p2] (leading channel axes kept)."""
-    spatial = tuple(slice(o, o + p) for o, p in zip(origin, patch))
-    return np.ascontiguousarray(array[(Ellipsis, *spatial)])
+def extract_patch(array: np.ndarray, origin: Sequence[int], patch: Sequence[int], fill: float = 0) -> np.ndarray:
+    """array[..., o0:o0+p0, o1:o1+p1, o2:o2+p2] (leading channel axes kept); voxels outside the array get `fill`."""
+    spatial_shape = array.shape[-len(patch):]
+    if all(o >= 0 and o + p <= n for o, p, n in zip(origin, patch, spatial_shape)):
+        spatial = tuple(slice(o, o + p) for o, p in zip(origin, patch))
+        return np.ascontiguousarray(array[(Ellipsis, *spatial)])
+    out = np.full(array.shape[: -len(patch)] + tuple(int(p) for p in patch), fill, dtype=array.dtype)
+    src, dst = [], []
+    for o, p, n in zip(origin, patch, spatial_shape):
+        a, b = max(o, 0), min(o + p, n)
+        src.append(slice(a, max(a, b)))
+        dst.append(slice(a - o, a - o + max(b - a, 0)))
+    out[(Ellipsis, *dst)] = array[(Ellipsis, *src)]
+    return out

@@ -34,7 +34,7 @@ from agn_cli.train.engine import (
     wrap_ddp,
 )
 from agn_cli.train.losses import DEEP_SUPERVISION_MODES, DiceCELoss, deep_supervision_loss
-from agn_cli.train.patches import choose_patch_origin, effective_patch, extract_patch
+from agn_cli.train.patches import choose_patch_origin, extract_patch
 from agn_cli.train.run_state import (
     RunConfig,
     STATE_FILE,
@@ -129,13 +129,13 @@ class PatchSampler(Dataset):
         return self._locations[i]
 
     def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        from agn_cli.preprocess import normalise_ct
+        from agn_cli.preprocess import AIR_HU, normalise_ct
 
         rng = np.random.default_rng([self.seed, int(k)])
         ci = int(rng.integers(0, len(self.cases)))
         case = self.cases[ci]
         origin = choose_patch_origin(case.shape, self.patch, rng, self._locs(ci), self.p_fg)
-        image = normalise_ct(extract_patch(case.image(), origin, self.patch), self.norm)
+        image = normalise_ct(extract_patch(case.image(), origin, self.patch, fill=AIR_HU), self.norm)
         label = extract_patch(case.label(), origin, self.patch)
         img_t, lab_t = augment_sample(torch.from_numpy(image)[None], torch.from_numpy(label.astype(np.int64)), rng, self.augment)
         return img_t, lab_t
@@ -259,15 +259,17 @@ def _train_seg(cfg, ctx: D.DistContext, resume, overwrite, progress, log, stop_a
     train_cases = [cached[i] for i in train_ids]
     val_cases = [cached[i] for i in val_ids]
     normalisation = foreground_normalisation(train_cases)
-    patch = effective_patch(cfg.patch, [c.shape for c in train_cases])
+    patch = tuple(int(p) for p in cfg.patch)
+    small = sum(any(s < p for s, p in zip(c.shape, patch)) for c in train_cases)
     micro = cfg.batch_size // (ctx.world_size * cfg.accumulate)
     if micro == 1 and math.prod(math.ceil(p / 16) for p in patch) == 1:
         raise AgnError(
             f"patch {'x'.join(map(str, patch))} leaves 1 bottleneck voxel, which batch norm cannot train on with one "
             "sample per micro-batch; use a patch over 16 voxels on some axis or more samples per rank"
         )
-    if patch != tuple(cfg.patch) and ctx.is_main:
-        log(f"patch {'x'.join(map(str, cfg.patch))} clipped to the smallest training volume: {'x'.join(map(str, patch))}")
+    if small and ctx.is_main:
+        log(f"{small} of {len(train_cases)} training volumes are smaller than the patch {'x'.join(map(str, patch))} "
+            "on some axis: their patches are padded (air, background label)")
 
     from agn_cli.models import create_model
 
