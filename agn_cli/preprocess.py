@@ -29,9 +29,10 @@ from agn_cli.io.volume import Geometry, array_xyz, image_from_xyz
 
 CANONICAL_ORIENTATION = "LPS"
 
+AIR_HU = -1024.0  # what CT scanners store outside the reconstructed field of view
+
 # Abdominal soft-tissue window (level 40 HU, width 400 HU); mean/std measured on body voxels (> -500 HU) of the
 # TotalSegmentator example CT after clipping to this window (-24.7, 84.4), rounded.
-AIR_HU = -1024.0  # what CT scanners store outside the reconstructed field of view
 DEFAULT_CT_NORMALISATION: dict[str, Any] = {"type": "ct", "clip": [-160.0, 240.0], "mean": -25.0, "std": 85.0}
 
 

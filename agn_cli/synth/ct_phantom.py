@@ -627,7 +627,7 @@ def _phantom(rng: np.random.Generator, grid: Grid, contrast: str) -> tuple[np.nd
     # fat planes: in real abdomens fat separates organs and vessels from bowel and muscle, so unlabelled soft tissue
     # (bowel, muscle) next to them becomes fat.
     d_any = ndimage.distance_transform_edt(P.lab == 0, sampling=g.spacing[::-1])
-    soft = (P.lab == 0) & (P.hu > -50) & (P.hu < 150) & cavity(X, Y, Z)
+    soft = (P.lab == 0) & (P.hu > -50) & (P.hu < 150) & in_cav
     P.hu[soft & (d_any <= _u(rng, 1.5, 6))] = fat_hu
     P.lab[P.lab == _RESERVED] = 0
 
@@ -763,17 +763,16 @@ def generate_ct_case_with_info(
         fov_z = float(size_mm[2])
         nz = max(4, int(round(fov_z / sz)))
     elif crop and rng.random() < 0.5:  # abdomen-pelvis protocol: from below the hips up into the liver
-        fov_z = _u(rng, 330, 480)
-        sz = max(sz, fov_z / (160 * f))  # keep the array small: at most 160 slices at resolution 128
-        nz = int(round(fov_z / sz))
+        span = _u(rng, 330, 480)
+        sz = max(sz, span / (160 * f))  # keep the array small: at most 160 slices at resolution 128
+        nz = int(round(span / sz))
     else:
         lo_n = max(int(round(40 * f)), int(math.ceil((260 if not crop else 130) / sz)))
         hi_n = max(lo_n, int(round(90 * f)))
         nz = int(rng.integers(lo_n, hi_n + 1))
-    pelvis = size_mm is None and nz * sz >= 330
     fov_z = nz * sz
     need_lo, need_hi = (-90.0, 150.0) if not crop else (-40.0, 70.0)
-    if pelvis and crop:
+    if crop and size_mm is None and fov_z >= 330:  # a long scan starts in the pelvis
         z_lo = _u(rng, -300, -230)
     elif fov_z >= need_hi - need_lo:
         z_lo = _u(rng, need_hi - fov_z, need_lo)
