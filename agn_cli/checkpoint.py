@@ -45,6 +45,9 @@ class ModelCard:
     spacing: list[float] | None = None  # target spacing in mm (x, y, z) for CT
     normalisation: dict[str, Any] = field(default_factory=dict)  # e.g. {"type": "ct", "clip": [lo, hi], "mean", "std"}
     patch_size: list[int] | None = None  # (x, y, z) for CT, (rows, cols) for frames
+    # spatial axes (0=x, 1=y, 2=z) flipped at random in training: the only axes mirroring TTA may use.
+    # None = not recorded (random weights, older cards): treated as trained without mirroring.
+    mirror_axes: list[int] | None = None
     preprocessing: dict[str, Any] = field(default_factory=dict)  # frame crop, resize, grey conversion, ...
     training_data: str = "untrained: randomly initialised"
     metrics: dict[str, Any] = field(default_factory=dict)

@@ -148,6 +148,19 @@ class Segmenter:
         model, card = load_checkpoint(weights, device="cpu")
         return cls(model, card, device, weights=weights, fast=fast)
 
+    def tta_axes(self) -> list[int]:
+        """The axes mirroring TTA may flip: those the model was trained with flips on (card `mirror_axes`).
+
+        Averaging in passes over anatomy the model never saw mirrored (left/right organs, head/feet) blurs the
+        answer instead of sharpening it, so with none recorded TTA is refused rather than run."""
+        axes = sorted(set(self.card.mirror_axes or []))
+        if not axes:
+            raise AgnError(
+                "--tta mirrors the scan, but this model was trained without flips (its card lists no mirror_axes), so "
+                "mirrored passes would swap left and right organs; drop --tta, or train with 'agn train seg --flip ...'"
+            )
+        return axes
+
     def segment(
         self,
         image: sitk.Image | PreparedVolume,
@@ -160,6 +173,7 @@ class Segmenter:
         labels onto the input grid."""
         if attention and not self.has_attention:
             raise AgnError(f"{self.card.architecture} has no attention gates; drop --attention or use an attention model")
+        tta_axes = self.tta_axes() if options.tta else None
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         prepared = image if isinstance(image, PreparedVolume) else prepare_ct(image, self.card)
@@ -177,6 +191,7 @@ class Segmenter:
             tta=options.tta,
             attention=attention,
             progress=progress,
+            tta_axes=tta_axes,
         )
         timings["inference_s"] = time.perf_counter() - t0
 

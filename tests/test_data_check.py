@@ -95,6 +95,13 @@ def test_train_seg_refuses_bad_dataset(datasets, tmp_path):
     assert not (tmp_path / "run" / "best.safetensors").exists()
 
 
+def test_train_seg_refuses_a_probability_above_one(datasets, tmp_path):
+    args = ["train", "seg", str(datasets[1]), "-o", str(tmp_path / "run"), "--device", "cpu", "--p-gamma", "1.5"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code != 0 and "--p-gamma 1.5 is a probability" in str(result.exception)
+    assert not (tmp_path / "run").exists()
+
+
 def test_split_is_seeded_and_folds_partition():
     ids = [f"c{i}" for i in range(10)]
     assert split_cases(ids, 0.2, seed=1) == split_cases(list(reversed(ids)), 0.2, seed=1)

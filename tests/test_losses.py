@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from agn_cli.train.augment import AugmentConfig, augment_sample
+from agn_cli.train.augment import AugmentConfig, augment_sample, gamma_transform, gaussian_blur, simulate_low_resolution
 from agn_cli.train.losses import DiceCELoss, deep_supervision_loss, soft_dice_loss
 from agn_cli.train.schedule import lr_multiplier
 
@@ -78,6 +78,46 @@ def test_augmentation_is_seeded_applied_and_label_consistent():
     flip = AugmentConfig(p_affine=0, p_intensity=0, flip_axes=(2,), p_flip=1.0)
     img_f, lab_f = augment_sample(image, label, np.random.default_rng(0), flip)
     assert torch.equal(lab_f, torch.flip(label, [2])) and torch.equal(img_f, torch.flip(image, [3]))
+
+
+def test_appearance_transforms():
+    delta = torch.zeros(1, 15, 15, 15)
+    delta[0, 7, 7, 7] = 1.0
+    blurred = gaussian_blur(delta, 1.0)
+    # mass kept, symmetric, and the centre is the 3D Gaussian's peak (2 pi)^(-3/2) for sigma 1
+    assert abs(float(blurred.sum()) - 1) < 1e-5 and torch.allclose(blurred, blurred.flip(1).flip(2).flip(3))
+    assert abs(float(blurred[0, 7, 7, 7]) - (2 * np.pi) ** -1.5) < 1e-4
+    flat = torch.zeros(1, 9, 11)
+    flat[0, 4, 5] = 1.0
+    assert abs(float(gaussian_blur(flat, 0.7)[0, 4, 5]) - float(gaussian_blur(delta, 0.7)[0, 7, 7].sum())) < 1e-5  # 2D
+    checker = (torch.arange(16)[:, None, None] + torch.arange(16)[None, :, None] + torch.arange(8)[None, None, :]) % 2
+    checker = checker.float()[None]
+    low = simulate_low_resolution(checker, 0.5)
+    assert low.shape == checker.shape and float(low.std()) < 0.5 * float(checker.std())  # fine detail is gone
+    torch.testing.assert_close(simulate_low_resolution(checker, 1.0), checker)
+    ramp = torch.linspace(-2, 3, 1000).reshape(1, 10, 10, 10)
+    torch.testing.assert_close(gamma_transform(ramp, 1.0), ramp)
+    darker = gamma_transform(ramp, 1.5)
+    assert float(darker.min()) == -2 and abs(float(darker.max()) - 3) < 1e-5 and float(darker.mean()) < float(ramp.mean())
+    # through augment_sample: seeded, image only (the label is untouched), and no draws at all when switched off
+    image = torch.randn(1, 12, 12, 12, generator=torch.Generator().manual_seed(0))
+    label = (image[0] > 0).long()
+    cfg = AugmentConfig(p_affine=0, p_intensity=0, p_blur=1.0, p_lowres=1.0, p_gamma=1.0)
+    a = augment_sample(image, label, np.random.default_rng(3), cfg)
+    b = augment_sample(image, label, np.random.default_rng(3), cfg)
+    torch.testing.assert_close(a[0], b[0])
+    assert torch.equal(a[1], label) and float(a[0].std()) < 0.8 * float(image.std())
+    def next_after(config: AugmentConfig) -> float:
+        rng = np.random.default_rng(5)
+        augment_sample(image, label, rng, config)
+        return rng.random()
+
+    replay = np.random.default_rng(5)  # the draws agn made before the appearance transforms existed
+    replay.random(), replay.uniform(size=3), replay.uniform(), replay.uniform(size=3)  # affine
+    replay.random(), replay.uniform(), replay.uniform(), replay.uniform(), replay.integers(0, 2**31 - 1)  # intensity
+    assert next_after(AugmentConfig()) == replay.random()  # earlier runs keep their random stream
+    assert next_after(AugmentConfig(p_blur=0.2)) != next_after(AugmentConfig())
+    assert AugmentConfig.from_dict(cfg.to_dict() | {"from_a_newer_agn": 1}) == cfg
 
 
 def test_schedules():

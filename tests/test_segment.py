@@ -64,6 +64,7 @@ def test_window_starts_cover_with_overlap():
     assert starts[0] == 0 and starts[-1] == 100 - 32
     assert all(b - a <= 16 for a, b in zip(starts, starts[1:]))  # at least 50 % overlap
     assert len(mirror_axes(False)) == 1 and len(mirror_axes(True)) == 8
+    assert mirror_axes(True, 3, [1]) == [(), (3,)] and len(mirror_axes(True, 3, [2, 0])) == 4
     g = gaussian_importance((9, 7, 5))
     assert g.shape == (9, 7, 5) and float(g.max()) == 1.0 and float(g[4, 3, 2]) == 1.0 and float(g.min()) > 0
     assert torch.allclose(g, g.flip(0).flip(1).flip(2))
@@ -135,13 +136,24 @@ def test_segment_real_ct_output_lies_exactly_on_the_input(shared_dir, tiny_weigh
 # ------------------------------------------------------------------------------------------------ options
 
 
+def with_mirror_axes(weights: Path, axes: list[int], folder: Path) -> Path:
+    """A copy of `weights` whose card says it was trained with flips on `axes`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    copy = folder / weights.name
+    copy.write_bytes(weights.read_bytes())
+    card = json.loads(weights.with_suffix(".json").read_text())
+    copy.with_suffix(".json").write_text(json.dumps({**card, "mirror_axes": axes}))
+    return copy
+
+
 def test_optional_outputs_on_oblique_scan(tiny_weights, tmp_path, capsys):
     c, s = np.cos(np.radians(15)), np.sin(np.radians(15))
     image = synthetic_ct(direction=(-1, 0, 0, 0, -c, s, 0, s, c))  # flipped x, tilted y/z
     scan = write_volume(image, tmp_path / "scan.nii.gz")
     out = tmp_path / "out"
+    weights = with_mirror_axes(tiny_weights, [0, 1, 2], tmp_path / "mirrored")
     code, stdout, stderr = run_cli(
-        capsys, "segment", scan, "-o", out / "mask.nrrd", "--weights", tiny_weights, "--attention", out / "att.nii.gz",
+        capsys, "segment", scan, "-o", out / "mask.nrrd", "--weights", weights, "--attention", out / "att.nii.gz",
         "--preview", out / "preview.png", "--probabilities", out / "prob.nii.gz", "--largest-component", "--tta", "--no-fast",
     )
     assert code == 0, stderr
@@ -163,6 +175,20 @@ def test_optional_outputs_on_oblique_scan(tiny_weights, tmp_path, capsys):
     assert preview is not None and preview.shape[0] > 256 and preview.shape[1] >= 3 * 256
     sidecar = json.loads((out / "mask.json").read_text())
     assert sidecar["tta"] and sidecar["largest_component"] and set(sidecar["attention"]) == {"level2", "level3", "level4"}
+
+
+def test_tta_mirrors_only_the_axes_the_model_was_trained_to_flip(tiny_weights, tmp_path, capsys):
+    scan = write_volume(synthetic_ct(), tmp_path / "scan.nii.gz")
+    # the card records no flips (like every lateralised CT model): mirroring would swap left and right organs
+    code, _, stderr = run_cli(capsys, "segment", scan, "-o", tmp_path / "a.nii.gz", "--weights", tiny_weights, "--tta")
+    assert code == 2 and "trained without flips" in stderr and "Traceback" not in stderr
+    assert not (tmp_path / "a.nii.gz").exists()
+    weights = with_mirror_axes(tiny_weights, [1], tmp_path / "y")  # front/back flips only
+    code, _, stderr = run_cli(capsys, "segment", scan, "-o", tmp_path / "b.nii.gz", "--weights", weights, "--tta", "--json")
+    assert code == 0, stderr
+    assert "mirroring over y runs 2 passes" in stderr
+    sidecar = json.loads((tmp_path / "b.json").read_text())
+    assert sidecar["tta"] and sidecar["passes"] == 2 * sidecar["windows"]
 
 
 def test_largest_component_keeps_one_blob_per_label():

@@ -67,6 +67,7 @@ def test_train_seg_loss_falls_and_checkpoint_loads(msd, tmp_path):
     assert -1000 < norm["clip"][0] < 60 and 120 < norm["clip"][1] < 200
     assert "Toy" in card.training_data and "3 training / 1 validation" in card.training_data
     assert card.metrics["epoch"] >= 1
+    assert card.mirror_axes == []  # trained without flips: agn segment --tta refuses it
     state = torch.load(run / "latest_state.pt", weights_only=True)
     assert state["epoch"] == 3 and set(state) >= {"optimizer", "scheduler", "scaler", "rng", "model"}
     assert summary["patch"] == [16, 16, 16]
@@ -100,13 +101,16 @@ def test_overfit_one_case_reaches_dice_09(tmp_path):
 
 def test_resume_continues_same_epoch_and_stream(msd, tmp_path):
     full, parts = tmp_path / "full", tmp_path / "parts"
-    train_seg(_cfg(msd, full, val_every=10, steps_per_epoch=2), progress=False)
-    first = train_seg(_cfg(msd, parts, val_every=10, steps_per_epoch=2), progress=False, stop_after=2)  # "interrupted" after epoch 2
+    flips = AugmentConfig(rotation=10, scale=0.1, translation=0.05, flip_axes=(1,)).to_dict()  # y flips: in the stream too
+    kw = dict(val_every=10, steps_per_epoch=2, augment=flips)
+    train_seg(_cfg(msd, full, **kw), progress=False)
+    first = train_seg(_cfg(msd, parts, **kw), progress=False, stop_after=2)  # "interrupted" after epoch 2
     assert first["finished_epoch"] == 2
     state = torch.load(parts / "latest_state.pt", weights_only=True)
     assert state["epoch"] == 2
-    second = train_seg(_cfg(msd, parts, val_every=10, steps_per_epoch=2), resume=True, progress=False)
+    second = train_seg(_cfg(msd, parts, **kw), resume=True, progress=False)
     assert second["started_at_epoch"] == 2
+    assert load_checkpoint(parts)[1].mirror_axes == [1]  # the card tells --tta which axes it may mirror
     a = [r["train_loss"] for r in read_metrics_csv(full / "metrics.csv")]
     b = [r["train_loss"] for r in read_metrics_csv(parts / "metrics.csv")]
     assert len(a) == len(b) == 3

@@ -50,7 +50,7 @@ def command(
     weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="Checkpoint file or run folder (default: installed default CT model)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
     overlap: float = typer.Option(0.5, "--overlap", min=0.0, max=0.95, help="Sliding-window overlap (fraction of the patch)."),
-    tta: bool = typer.Option(False, "--tta", help="Mirroring test-time augmentation (8 passes per window instead of 1)."),
+    tta: bool = typer.Option(False, "--tta", help="Mirroring test-time augmentation over the axes the model was trained with flips on (2 to 8 passes per window)."),
     batch_size: int = typer.Option(1, "--batch-size", min=1, help="Windows per forward pass."),
     probabilities: Optional[Path] = typer.Option(None, "--probabilities", help="Write class probabilities (4D NIfTI at model resolution)."),
     attention: Optional[Path] = typer.Option(
@@ -104,7 +104,9 @@ def command(
     segmenter = Segmenter.from_checkpoint(weights_path, torch_device, fast=fast)
     options = SegmentOptions(overlap=overlap, tta=tta, batch_size=batch_size, largest_component=largest_component)
     if tta:
-        note("--tta: mirroring over 3 axes runs 8 passes per window (7 extra)")
+        axes = segmenter.tta_axes()
+        passes = 2 ** len(axes)
+        note(f"--tta: mirroring over {','.join('xyz'[a] for a in axes)} runs {passes} passes per window ({passes - 1} extra)")
     if not json_out:
         note(f"device {torch_device}" + (f" ({threads} threads)" if threads else "") + f", model {segmenter.card.architecture}")
 

@@ -90,6 +90,9 @@ def seg(
     flip: str = typer.Option("none", "--flip", help="Axes to flip at random: none or e.g. 'x,y' (x swaps left/right organs!)."),
     intensity: float = typer.Option(0.1, "--intensity", help="Intensity jitter: gain and shift range (0: off)."),
     noise: float = typer.Option(0.05, "--noise", help="Max std of added Gaussian noise (0: off)."),
+    p_blur: float = typer.Option(0.0, "--p-blur", help="Probability of a Gaussian blur, sigma 0.5-1 voxel (nnU-Net: 0.2)."),
+    p_lowres: float = typer.Option(0.0, "--p-lowres", help="Probability of simulated low resolution, zoom 0.5-1 (nnU-Net: 0.25)."),
+    p_gamma: float = typer.Option(0.0, "--p-gamma", help="Probability of a gamma transform, gamma 0.7-1.5 (nnU-Net: 0.3)."),
     no_augment: bool = typer.Option(False, "--no-augment", help="Switch all augmentation off."),
     precision: str = typer.Option("auto", "--precision", help="auto (bf16 on CUDA, fp32 on CPU), bf16, fp16 or fp32."),
     grad_clip: float = typer.Option(12.0, "--grad-clip", help="Max gradient norm (0: off)."),
@@ -127,7 +130,13 @@ def seg(
         intensity_scale=intensity,
         intensity_shift=intensity,
         noise_std=noise,
+        p_blur=p_blur,
+        p_lowres=p_lowres,
+        p_gamma=p_gamma,
     )
+    for name, value in (("--p-blur", p_blur), ("--p-lowres", p_lowres), ("--p-gamma", p_gamma)):
+        if not 0.0 <= value <= 1.0:
+            raise AgnError(f"{name} {value:g} is a probability: give a value from 0 to 1")
     cfg = SegTrainConfig(
         dataset=str(Path(dataset).expanduser().resolve()),
         output=str(output),

@@ -44,12 +44,15 @@ def gaussian_importance(window: Sequence[int], sigma_scale: float = 1.0 / 8, flo
     return weight.clamp_min(floor)
 
 
-def mirror_axes(tta: bool, spatial_dims: int = 3) -> list[tuple[int, ...]]:
-    """Flip combinations over the spatial axes of an (N, C, *spatial) tensor; [()] without TTA (2**dims with)."""
-    axes = tuple(range(2, 2 + spatial_dims))
+def mirror_axes(tta: bool, spatial_dims: int = 3, axes: Sequence[int] | None = None) -> list[tuple[int, ...]]:
+    """Flip combinations of an (N, C, *spatial) tensor: [()] without TTA, else every subset of `axes` (spatial
+    indices, all when None), 2**len(axes) passes. Pass only the axes the model was trained to be mirror-invariant
+    on: a model that never saw flipped anatomy labels a mirrored scan's left kidney as the right one."""
     if not tta:
         return [()]
-    return [combo for r in range(len(axes) + 1) for combo in itertools.combinations(axes, r)]
+    spatial = range(spatial_dims) if axes is None else sorted(set(int(a) for a in axes))
+    dims = tuple(2 + a for a in spatial)
+    return [combo for r in range(len(dims) + 1) for combo in itertools.combinations(dims, r)]
 
 
 @dataclass
@@ -79,11 +82,13 @@ def predict_volume(
     tta: bool = False,
     attention: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    tta_axes: Sequence[int] | None = None,
 ) -> VolumePrediction:
     """Softmax probabilities of `model` over a (X, Y, Z) or (C, X, Y, Z) volume, on the CPU, float32.
 
     The window is the patch clipped to the volume; a volume within the patch is one window (no blending, so
     the result equals a single forward pass). Windows are run `batch_size` at a time.
+    `tta` mirrors over `tta_axes` (spatial indices; all when None).
     """
     device = torch.device(device)
     if not 0.0 <= overlap < 1.0:
@@ -95,7 +100,7 @@ def predict_volume(
     window = tuple(min(int(p), s) for p, s in zip(patch_size or shape, shape))
     grids = [window_starts(s, w, overlap) for s, w in zip(shape, window)]
     starts = list(itertools.product(*grids))
-    flips = mirror_axes(tta)
+    flips = mirror_axes(tta, len(shape), tta_axes)
     single = len(starts) == 1
     importance = None if single else gaussian_importance(window)
 

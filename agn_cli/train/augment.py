@@ -1,4 +1,6 @@
-"""Seeded data augmentation for 2D frames and 3D patches: random affine, flips, intensity jitter.
+"""Seeded data augmentation for 2D frames and 3D patches: random affine, flips, intensity jitter, and the
+appearance transforms nnU-Net trains with (Isensee et al., Nature Methods 2021: Gaussian blur, simulated low
+resolution, gamma), which make a network less sure of one scanner's or one simulator's look.
 
 Every random number comes from the numpy Generator passed in, so a sample's augmentation is a pure function of
 its seed: reruns, resumed runs and any number of data-loader workers or ranks see identical inputs. The affine is
@@ -9,7 +11,7 @@ stay rigid on non-cubic patches. Images are resampled linearly, labels by neares
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 import torch
@@ -30,11 +32,24 @@ class AugmentConfig:
     intensity_scale: float = 0.1  # multiply by U(1 - a, 1 + a)
     intensity_shift: float = 0.1  # add U(-b, b) (inputs are z-scored, so in units of std)
     noise_std: float = 0.05  # Gaussian noise, std U(0, noise_std)
+    # appearance (off by default; nnU-Net's probabilities and ranges in brackets)
+    p_blur: float = 0.0  # Gaussian blur, sigma U(blur_sigma) voxels [0.2, 0.5-1]
+    blur_sigma: tuple[float, float] = (0.5, 1.0)
+    p_lowres: float = 0.0  # nearest-neighbour downsampling by U(lowres_zoom), linear upsampling back [0.25, 0.5-1]
+    lowres_zoom: tuple[float, float] = (0.5, 1.0)
+    p_gamma: float = 0.0  # x -> x**gamma on the patch rescaled to [0, 1], then rescaled back [0.3, 0.7-1.5]
+    gamma: tuple[float, float] = (0.7, 1.5)
 
     def to_dict(self) -> dict:
         data = asdict(self)
         data["flip_axes"] = list(self.flip_axes)
         return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "AugmentConfig":
+        """Inverse of to_dict (JSON turns tuples into lists); unknown keys from other agn versions are ignored."""
+        known = {f.name: f for f in fields(cls)}
+        return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in known})
 
     @classmethod
     def off(cls) -> "AugmentConfig":
@@ -90,6 +105,53 @@ def apply_affine(
     return out, lab.to(label.dtype)
 
 
+def _maybe(rng: np.random.Generator, p: float, bounds: tuple[float, float]) -> float | None:
+    """A value from U(bounds) with probability p, else None; no draws at all when p is 0."""
+    if p <= 0:
+        return None
+    fire = rng.random() < p
+    value = float(rng.uniform(bounds[0], bounds[1]))
+    return value if fire else None
+
+
+def gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (C, *S) with `sigma` voxels on every spatial axis (edges replicated)."""
+    radius = max(1, int(math.ceil(3 * sigma)))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    kernel = (kernel / kernel.sum()).to(image.dtype)
+    dim = image.dim() - 1
+    out = image.unsqueeze(0)
+    conv = F.conv3d if dim == 3 else F.conv2d
+    channels = image.shape[0]
+    for axis in range(dim):
+        shape = [1] * dim
+        shape[axis] = kernel.numel()
+        weight = kernel.reshape(1, 1, *shape).repeat(channels, 1, *([1] * dim))
+        pad = [0, 0] * dim
+        pad[2 * (dim - 1 - axis)] = pad[2 * (dim - 1 - axis) + 1] = radius  # F.pad lists the last axis first
+        out = conv(F.pad(out, pad, mode="replicate"), weight, groups=channels)
+    return out[0]
+
+
+def simulate_low_resolution(image: torch.Tensor, zoom: float) -> torch.Tensor:
+    """Downsample (C, *S) by `zoom` with nearest neighbour and upsample back linearly: thick-slice, soft-kernel look."""
+    spatial = image.shape[1:]
+    small = [max(1, int(round(n * zoom))) for n in spatial]
+    mode = "trilinear" if len(spatial) == 3 else "bilinear"
+    low = F.interpolate(image.unsqueeze(0), size=small, mode="nearest")
+    return F.interpolate(low, size=list(spatial), mode=mode, align_corners=False)[0]
+
+
+def gamma_transform(image: torch.Tensor, gamma: float) -> torch.Tensor:
+    """x -> x**gamma per channel on the patch's own [min, max], mapped back to that range (mean contrast shifts)."""
+    flat = image.reshape(image.shape[0], -1)
+    lo = flat.min(dim=1).values.reshape(-1, *([1] * (image.dim() - 1)))
+    hi = flat.max(dim=1).values.reshape(-1, *([1] * (image.dim() - 1)))
+    span = (hi - lo).clamp_min(1e-6)
+    return ((image - lo) / span).clamp(0, 1) ** gamma * span + lo
+
+
 def augment_sample(
     image: torch.Tensor, label: torch.Tensor | None, rng: np.random.Generator, cfg: AugmentConfig
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -104,6 +166,10 @@ def augment_sample(
     shift = rng.uniform(-cfg.intensity_shift, cfg.intensity_shift)
     noise_std = rng.uniform(0.0, cfg.noise_std)
     noise_seed = int(rng.integers(0, 2**31 - 1))
+    # appearance draws only when switched on, so configurations without them keep their earlier random stream
+    blur = _maybe(rng, cfg.p_blur, cfg.blur_sigma)
+    zoom = _maybe(rng, cfg.p_lowres, cfg.lowres_zoom)
+    gamma = _maybe(rng, cfg.p_gamma, cfg.gamma)
 
     if do_affine and (cfg.rotation or cfg.scale or cfg.translation):
         image, label = apply_affine(image, label, theta)
@@ -112,6 +178,12 @@ def augment_sample(
         image = torch.flip(image, dims)
         if label is not None:
             label = torch.flip(label, [ax for ax in flips])
+    if blur is not None:
+        image = gaussian_blur(image, blur)
+    if zoom is not None:
+        image = simulate_low_resolution(image, zoom)
+    if gamma is not None:
+        image = gamma_transform(image, gamma)
     if do_intensity:
         image = image * gain + shift
         if noise_std > 0:

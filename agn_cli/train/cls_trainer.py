@@ -241,8 +241,7 @@ def _train_cls(cfg: ClsTrainConfig, ctx: D.DistContext, resume, overwrite, progr
     elif ctx.is_main:
         write_config(run / "config.json", dataclasses.asdict(cfg))
     wrapper = wrap_ddp(net, device, ctx.distributed)
-    aug_fields = {f.name for f in dataclasses.fields(AugmentConfig)}
-    aug = AugmentConfig(**{k: (tuple(v) if k == "flip_axes" else v) for k, v in cfg.augment.items() if k in aug_fields})
+    aug = AugmentConfig.from_dict(cfg.augment)
     sampler = FrameSampler(frames_path, train_idx, [label_ids[i] for i in train_idx], weights, cfg.crop_size, cfg.seed, aug)
     steps = cfg.steps_per_epoch or max(1, math.ceil(len(train_idx) / cfg.batch_size))
     side_loss = cfg.aggregation == "deep-sup"

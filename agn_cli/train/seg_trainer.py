@@ -297,8 +297,7 @@ def _train_seg(cfg, ctx: D.DistContext, resume, overwrite, progress, log, stop_a
     wrapper = wrap_ddp(net, device, ctx.distributed)
 
     criterion = DiceCELoss(cfg.dice_weight, cfg.ce_weight, cfg.include_background)
-    aug_fields = {f.name for f in dataclasses.fields(AugmentConfig)}
-    aug = AugmentConfig(**{k: (tuple(v) if k == "flip_axes" else v) for k, v in cfg.augment.items() if k in aug_fields})
+    aug = AugmentConfig.from_dict(cfg.augment)
     sampler = PatchSampler(train_cases, patch, normalisation, cfg.seed, cfg.p_foreground, aug)
     local_batch = cfg.batch_size // ctx.world_size
     loss_fn = _loss_fn(wrapper, criterion, cfg.deep_supervision, device)
@@ -311,6 +310,7 @@ def _train_seg(cfg, ctx: D.DistContext, resume, overwrite, progress, log, stop_a
         spacing=[float(s) for s in cfg.spacing],
         normalisation=normalisation,
         patch_size=list(patch),
+        mirror_axes=list(aug.flip_axes) if aug.p_flip > 0 else [],
         preprocessing={"orientation": "LPS", "resampling": "linear image, nearest label"},
         training_data=(
             f"{ds.name} ({ds.layout} layout, {ds.root}): {len(train_cases)} training / {len(val_cases)} validation cases"
