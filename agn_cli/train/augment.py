@@ -48,7 +48,7 @@ class AugmentConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "AugmentConfig":
         """Inverse of to_dict (JSON turns tuples into lists); unknown keys from other agn versions are ignored."""
-        known = {f.name: f for f in fields(cls)}
+        known = {f.name for f in fields(cls)}
         return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in known})
 
     @classmethod
