@@ -71,14 +71,19 @@ def test_fold_counts_every_conv_bn_pair():
     assert not any(isinstance(m, nn.BatchNorm3d) for m in folded.modules())
 
 
-@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize("dtype", ["fp32", "bf16", "bf16-weights"])
 @pytest.mark.parametrize("name", list(CASES))
 def test_fast_path_matches_eager(name, dtype):
+    """bf16: autocast (CPU default, CUDA 2D); bf16-weights: network and activations in bf16 (CUDA 3D default)."""
     model, x = trained_ish(name)
     reference, ref_att = eager(model, x)
     before = copy.deepcopy(model.state_dict())
-    prepared = prepare_model(model, "cpu", fast=True, dtype=dtype)
+    pure = dtype == "bf16-weights"
+    dtype = "bf16" if pure else dtype
+    prepared = prepare_model(model, "cpu", fast=True, dtype=dtype, bf16_weights=pure, channels_last=not pure)
     assert isinstance(prepared, FastModel)
+    assert prepared.describe()["bf16_weights"] == pure
+    assert all(p.dtype == (torch.bfloat16 if pure else torch.float32) for p in prepared.parameters())
     logits = prepared(x)
     logits2, att = prepared(x, return_attention=True)
     assert logits.dtype == torch.float32 and logits.is_contiguous() and logits.shape == reference.shape
@@ -139,6 +144,12 @@ def test_resolve_options_per_device(monkeypatch):
     opts = resolve_options("cpu")
     assert opts.channels_last and not opts.compile and not opts.cuda_graphs
     assert resolve_options("cuda").dtype == "bf16" and resolve_options("cuda").cuda_graphs
+    # CUDA: 3D networks in bf16 weights + NCDHW, 2D under autocast in channels-last (H100 measurements, README)
+    volumetric, planar = resolve_options("cuda", dims=3), resolve_options("cuda", dims=2)
+    assert volumetric.bf16_weights and not volumetric.channels_last
+    assert planar.channels_last and not planar.bf16_weights
+    assert not resolve_options("cuda", dims=3, dtype="fp32").bf16_weights  # bf16 weights only with bf16
+    assert not resolve_options("cpu").bf16_weights
     assert not resolve_options("cpu", cuda_graphs=True).cuda_graphs  # graphs are CUDA-only
     with pytest.raises(ValueError):
         resolve_options("cpu", dtype="fp16")

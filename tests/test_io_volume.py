@@ -110,6 +110,29 @@ def test_truncated_nifti(tmp_path):
         read_volume(tmp_path / "cut.nii")
 
 
+def test_gzip_trailer_shortcut_and_its_fallback(tmp_path, monkeypatch):
+    """A complete .nii.gz is accepted from its gzip trailer without decompressing the stream; a multi-member file
+    (trailer = last member only) is checked the slow way and accepted; a truncated one is still refused."""
+    from agn_cli.io import volume as volume_module
+
+    image = synthetic(size=(40, 40, 20))
+    full = write_volume(image, tmp_path / "full.nii.gz")
+    raw = gzip.decompress(full.read_bytes())
+    (tmp_path / "multi.nii.gz").write_bytes(gzip.compress(raw[:1000]) + gzip.compress(raw[1000:]))
+    (tmp_path / "cut.nii.gz").write_bytes(full.read_bytes()[:-9])  # only the trailer and a byte missing
+
+    opened: list[str] = []
+    stream_size = volume_module._gzip_stream_size
+    monkeypatch.setattr(volume_module, "_gzip_stream_size", lambda p: opened.append(Path(p).name) or stream_size(p))
+    volume_module._check_nifti_payload(full)
+    assert opened == []
+    volume_module._check_nifti_payload(tmp_path / "multi.nii.gz")
+    assert opened == ["multi.nii.gz"]
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(read_volume(tmp_path / "multi.nii.gz")), sitk.GetArrayFromImage(image))
+    with pytest.raises(AgnError, match="unreadable or truncated"):
+        read_volume(tmp_path / "cut.nii.gz")
+
+
 def test_2d_4d_vector_and_single_slice_are_rejected(tmp_path):
     sitk.WriteImage(sitk.Image(32, 24, sitk.sitkUInt8), str(tmp_path / "frame.png"))
     with pytest.raises(AgnError, match="2D"):

@@ -43,7 +43,8 @@ def _print_table(record: dict[str, Any]) -> None:
         path = row.get("path", {})
         label = name
         if name == "fast":
-            bits = [b for b, on in (("folded BN", path.get("folded_batchnorm")), ("channels-last", path.get("channels_last")),
+            bits = [b for b, on in (("folded BN", path.get("folded_batchnorm")), ("bf16 weights", path.get("bf16_weights")),
+                                    ("channels-last", path.get("channels_last")),
                                     ("compiled", path.get("compiled") or path.get("compile")), ("CUDA graphs", path.get("cuda_graphs"))) if on]
             label = f"fast ({', '.join(bits)})" if bits else "fast"
         elif name == "eager":
