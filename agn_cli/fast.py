@@ -411,9 +411,10 @@ def prepare_model(
     device = torch.device(device)
     if not fast:
         return model.to(device=device, dtype=torch.float32).eval()
-    conv_dims = {m.weight.dim() for m in model.modules() if isinstance(m, _CONV)}
+    weight_dims = {m.weight.dim() for m in model.modules() if isinstance(m, _CONV)}  # {5}: 3D, {4}: 2D network
+    spatial_dims = next(iter(weight_dims)) - 2 if len(weight_dims) == 1 else None
     options = resolve_options(device, dtype=dtype, compile=compile, cuda_graphs=cuda_graphs, channels_last=channels_last,
-                              dims=conv_dims.pop() - 2 if len(conv_dims) == 1 else None, bf16_weights=bf16_weights)
+                              dims=spatial_dims, bf16_weights=bf16_weights)
     was_training = model.training
     net = copy.deepcopy(model).float().eval()
     model.train(was_training)
@@ -422,10 +423,9 @@ def prepare_model(
         p.requires_grad_(False)
     net = net.to(device, dtype=torch.bfloat16 if options.bf16_weights else torch.float32)
     if options.channels_last:
-        dims = {m.weight.dim() for m in net.modules() if isinstance(m, _CONV)}
-        if dims == {5}:
+        if spatial_dims == 3:
             net = net.to(memory_format=torch.channels_last_3d)
-        elif dims == {4}:
+        elif spatial_dims == 2:
             net = net.to(memory_format=torch.channels_last)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels once
