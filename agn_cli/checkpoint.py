@@ -49,6 +49,8 @@ class ModelCard:
     # None = not recorded (random weights, older cards): treated as trained without mirroring.
     mirror_axes: list[int] | None = None
     preprocessing: dict[str, Any] = field(default_factory=dict)  # frame crop, resize, grey conversion, ...
+    # what `agn segment` does after the argmax unless told otherwise, e.g. {"largest_component": true}
+    postprocessing: dict[str, Any] = field(default_factory=dict)
     training_data: str = "untrained: randomly initialised"
     metrics: dict[str, Any] = field(default_factory=dict)
     licence: str = "Apache-2.0"

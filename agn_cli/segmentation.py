@@ -109,7 +109,7 @@ class SegmentOptions:
     overlap: float = 0.5
     tta: bool = False
     batch_size: int = 1
-    largest_component: bool = False
+    largest_component: bool | None = None  # None: what the model card's `postprocessing` recommends (default off)
 
 
 @dataclass
@@ -147,6 +147,13 @@ class Segmenter:
         weights = resolve_checkpoint(path)
         model, card = load_checkpoint(weights, device="cpu")
         return cls(model, card, device, weights=weights, fast=fast)
+
+    def keeps_largest_component(self, options: SegmentOptions) -> bool:
+        """The caller's choice, else the card's: each organ is one connected structure, so a model whose stray
+        islands are known to be false positives says so in its card (`postprocessing.largest_component`)."""
+        if options.largest_component is not None:
+            return options.largest_component
+        return bool(self.card.postprocessing.get("largest_component", False))
 
     def tta_axes(self) -> list[int]:
         """The axes mirroring TTA may flip: those the model was trained with flips on (card `mirror_axes`).
@@ -199,7 +206,7 @@ class Segmenter:
         probs = prepared.crop(prediction.probabilities)
         lut = np.asarray(self.label_ids, dtype=np.uint8)
         model_labels = lut[probs.argmax(dim=0).numpy()]
-        if options.largest_component:
+        if self.keeps_largest_component(options):
             largest_component_per_class(model_labels, self.label_ids)
         labels = prepared.labels_to_input(model_labels)
         if Geometry.of(labels) != prepared.input_geometry:
@@ -303,7 +310,7 @@ def segment_case(
         "device": str(segmenter.device),
         "overlap": options.overlap,
         "tta": options.tta,
-        "largest_component": options.largest_component,
+        "largest_component": segmenter.keeps_largest_component(options),
         "windows": result.windows,
         "passes": result.passes,
         "warnings": warnings,

@@ -108,3 +108,10 @@ def test_split_is_seeded_and_folds_partition():
     assert split_cases(ids, 0.2, seed=1) != split_cases(ids, 0.2, seed=2)
     vals = [split_cases(ids, fold=k, folds=5, seed=0)[1] for k in range(5)]
     assert sorted(sum(vals, [])) == sorted(ids) and all(len(v) == 2 for v in vals)
+
+
+def test_train_seg_refuses_an_unknown_norm(datasets, tmp_path):
+    args = ["train", "seg", str(datasets[1]), "-o", str(tmp_path / "run"), "--device", "cpu", "--norm", "group"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code != 0 and "--norm 'group' must be one of batch, instance" in str(result.exception)
+    assert not (tmp_path / "run").exists()

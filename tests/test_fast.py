@@ -21,17 +21,20 @@ CASES = {
     "attention-unet3d": (dict(base_filters=4), (1, 1, 40, 36, 28)),
     "ag-sononet-8": ({}, (6, 1, 64, 80)),
     "sononet16-original": ({}, (6, 1, 64, 80)),
+    "attention-unet3d-instance": (dict(base_filters=4, norm="instance"), (1, 1, 40, 36, 28)),  # nothing to fold
 }
+BN_CASES = [name for name in CASES if not name.endswith("-instance")]
+_NORMS = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
 
 
 def trained_ish(name: str) -> tuple[nn.Module, torch.Tensor]:
     """A seeded model whose BatchNorm statistics and affine parameters are non-trivial, and an input for it."""
     kwargs, shape = CASES[name]
     torch.manual_seed(0)
-    model = create_model(name, **kwargs)
+    model = create_model(name.removesuffix("-instance"), **kwargs)
     with torch.no_grad():
         for module in model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            if isinstance(module, _NORMS):
                 module.weight.uniform_(0.5, 1.5)
                 module.bias.uniform_(-0.2, 0.2)
                 module.momentum = 0.5
@@ -47,7 +50,7 @@ def eager(model: nn.Module, x: torch.Tensor):
         return model(x, return_attention=True)
 
 
-@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("name", BN_CASES)
 def test_fold_batchnorm_is_exact_in_fp32(name):
     model, x = trained_ish(name)
     reference, ref_att = eager(model, x)
@@ -88,8 +91,15 @@ def test_fast_path_matches_eager(name, dtype):
     logits2, att = prepared(x, return_attention=True)
     assert logits.dtype == torch.float32 and logits.is_contiguous() and logits.shape == reference.shape
     torch.testing.assert_close(logits, logits2)
-    agreement = (logits.argmax(1) == reference.argmax(1)).float().mean().item()
-    assert agreement >= 0.999, agreement
+    agree = logits.argmax(1) == reference.argmax(1)
+    if name.endswith("-instance"):
+        # an untrained InstanceNorm network has 1.3 % of voxels whose top two logits lie within 0.01 (BN: 0.002 %),
+        # and any rounding flips such ties: decided voxels must agree, and nearly all voxels overall
+        top2 = reference.topk(2, dim=1).values
+        decided = (top2[:, 0] - top2[:, 1]) >= 0.05
+        assert agree[decided].float().mean().item() >= 0.999 and agree.float().mean().item() >= 0.99
+    else:
+        assert agree.float().mean().item() >= 0.999, agree.float().mean().item()
     assert set(att) == set(ref_att)
     for key, ref in ref_att.items():
         assert att[key].dtype == torch.float32 and att[key].shape == ref.shape
@@ -101,7 +111,7 @@ def test_fast_path_matches_eager(name, dtype):
     # never mutates the caller's model
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
-    assert any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    assert any(isinstance(m, _NORMS) for m in model.modules())
 
 
 def test_prepare_keeps_training_flag_and_delegates_attributes():

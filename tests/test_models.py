@@ -175,3 +175,33 @@ def test_seeded_construction_and_outputs_are_deterministic(name):
     other = create_model(name, **kwargs).eval()
     with torch.no_grad():
         assert not torch.equal(other(x), outs[0])
+
+
+@pytest.mark.parametrize("name", ["unet3d", "attention-unet3d"])
+def test_instance_norm_variant_has_the_same_parameters_and_no_running_statistics(name):
+    with torch.device("meta"):
+        batch, instance = create_model(name), create_model(name, norm="instance")
+    assert count_parameters(instance) == count_parameters(batch) == PAPER_COUNTS[name]
+    kinds = {type(m) for m in instance.modules()}
+    assert torch.nn.InstanceNorm3d in kinds and not kinds & {torch.nn.BatchNorm3d, torch.nn.BatchNorm2d}
+    assert not list(instance.buffers())  # per-patch statistics: nothing learnt from the training batches
+    assert [n for n, _ in instance.named_parameters()] == [n for n, _ in batch.named_parameters()]
+
+
+def test_instance_norm_network_behaves_the_same_in_train_and_eval_mode():
+    # BN uses batch statistics in training and running averages in eval; InstanceNorm uses the patch's own in both,
+    # so a model trained on two patches per step infers with exactly the normalisation it was trained with.
+    torch.manual_seed(0)
+    model = create_model("attention-unet3d", base_filters=4, norm="instance")
+    x = torch.randn(2, 1, 24, 20, 16)
+    with torch.no_grad():
+        train_out = model.train()(x)
+        eval_out = model.eval()(x)
+        single = model(x[1:])
+    torch.testing.assert_close(train_out, eval_out)
+    torch.testing.assert_close(single, eval_out[1:], rtol=1e-4, atol=1e-5)  # no dependence on the batch
+
+
+def test_unknown_norm_is_rejected():
+    with pytest.raises(ValueError, match="instance"):
+        create_model("unet3d", base_filters=2, norm="group")

@@ -318,3 +318,49 @@ def test_batch_with_a_broken_case(tiny_weights, tmp_path, capsys):
     code, stdout, stderr = run_cli(capsys, "segment", scans / "a.nii.gz", scans / "c.mha", "-o", out, "--weights", tiny_weights, "--overwrite", "--json")
     assert code == 0, stderr
     assert [r["status"] for r in json.loads(stdout)] == ["ok", "ok"]
+
+
+class ThresholdNet(nn.Module):
+    """Class 1 wherever the normalised intensity is above 0: every bright block becomes its own island."""
+
+    def forward(self, x: torch.Tensor, return_attention: bool = False):
+        logits = torch.cat([-x, x], dim=1)
+        return (logits, {}) if return_attention else logits
+
+
+def test_card_postprocessing_sets_the_largest_component_default(tiny_weights, tmp_path, capsys):
+    import shutil
+
+    from agn_cli.checkpoint import ModelCard
+    from agn_cli.segmentation import SegmentOptions, Segmenter
+
+    arr = np.full((60, 60, 30), -100, np.int16)  # a big and a small bright block, far apart
+    arr[4:30, 4:30, 4:20] = 300
+    arr[44:52, 44:52, 22:28] = 300
+    scan = image_from_xyz(arr, Geometry(arr.shape, (3.0, 3.0, 3.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1)))
+    card = ModelCard("threshold", {"num_classes": 2}, "segmentation", {0: "background", 1: "organ"}, spacing=[3.0, 3.0, 3.0],
+                     normalisation={"type": "ct", "clip": [-1000.0, 1000.0], "mean": 100.0, "std": 100.0}, patch_size=[64, 64, 32])
+    results = {}
+    for said in (True, False):
+        card.postprocessing = {"largest_component": True} if said else {}
+        segmenter = Segmenter(ThresholdNet(), card, torch.device("cpu"), fast=False)
+        for choice in (None, True, False):
+            mask = sitk.GetArrayFromImage(segmenter.segment(scan, SegmentOptions(largest_component=choice)).labels)
+            results[said, choice] = int(mask.sum())
+    big, both = 26 * 26 * 16, 26 * 26 * 16 + 8 * 8 * 6
+    assert results == {(True, None): big, (True, True): big, (True, False): both,
+                       (False, None): both, (False, True): big, (False, False): both}
+    # the CLI: no flag = the card's choice, --all-components / --largest-component override it; the sidecar says which
+    card_says = tmp_path / "lcc.safetensors"
+    shutil.copy(tiny_weights, card_says)
+    data = json.loads(tiny_weights.with_suffix(".json").read_text())
+    data["postprocessing"] = {"largest_component": True}
+    card_says.with_suffix(".json").write_text(json.dumps(data))
+    path = write_volume(scan, tmp_path / "scan.nii.gz")
+    for name, weights, flags, expected in (("plain", tiny_weights, [], False), ("card", card_says, [], True),
+                                           ("forced", tiny_weights, ["--largest-component"], True),
+                                           ("off", card_says, ["--all-components"], False)):
+        out = tmp_path / f"{name}.nii.gz"
+        code, _, stderr = run_cli(capsys, "segment", path, "-o", out, "--weights", weights, "--no-fast", *flags)
+        assert code == 0, stderr
+        assert json.loads((tmp_path / f"{name}.json").read_text())["largest_component"] is expected

@@ -99,6 +99,27 @@ def test_overfit_one_case_reaches_dice_09(tmp_path):
     assert min(dice) > 0.9, dice
 
 
+def test_instance_norm_run_writes_a_card_that_rebuilds_the_same_network(msd, tmp_path):
+    run = tmp_path / "run"
+    from agn_cli.errors import AgnError
+
+    with pytest.raises(AgnError, match="pools to 1x1x1"):  # a single voxel has no instance statistics
+        train_seg(_cfg(msd, run, model="attention-unet3d", norm="instance"), progress=False)
+    assert not run.exists()
+    cfg = _cfg(msd, run, model="attention-unet3d", norm="instance", epochs=1, steps_per_epoch=2, patch=(32, 16, 16),
+               spacing=(2.0, 2.0, 2.0))  # 32^3 volumes: validation windows of 32x16x16 pool to 2x1x1
+    train_seg(cfg, progress=False)
+    model, card = load_checkpoint(run / "latest.safetensors")
+    assert card.model_kwargs["norm"] == "instance"
+    assert any(isinstance(m, torch.nn.InstanceNorm3d) for m in model.modules())
+    assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in model.modules())
+    weights = torch.load(run / "latest_state.pt", weights_only=True)["model"]
+    loaded = model.state_dict()
+    assert set(weights) == set(loaded)
+    for k in weights:
+        torch.testing.assert_close(loaded[k], weights[k])
+
+
 def test_resume_continues_same_epoch_and_stream(msd, tmp_path):
     full, parts = tmp_path / "full", tmp_path / "parts"
     flips = AugmentConfig(rotation=10, scale=0.1, translation=0.05, flip_axes=(1,)).to_dict()  # y flips: in the stream too

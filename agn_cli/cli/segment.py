@@ -57,7 +57,10 @@ def command(
         None, "--attention", help="Write each gate's attention map on the input grid: PATH_level2.nii.gz, ... (folder for batches)."
     ),
     preview: Optional[Path] = typer.Option(None, "--preview", help="Write a PNG: three orthogonal slices with mask and attention."),
-    largest_component: bool = typer.Option(False, "--largest-component", help="Keep only the largest connected component per label."),
+    largest_component: Optional[bool] = typer.Option(
+        None, "--largest-component/--all-components",
+        help="Keep only the largest connected component per label, or every component (default: the model card's choice).",
+    ),
     series: Optional[str] = typer.Option(None, "--series", help="DICOM SeriesInstanceUID to read (default: the series with most slices)."),
     fast: bool = typer.Option(True, "--fast/--no-fast", help="Fast inference path (BN folding, channels-last, bf16 where it pays)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs (batches: re-run cases already done)."),

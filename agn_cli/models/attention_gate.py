@@ -27,8 +27,21 @@ def _conv(dim: int) -> type[nn.Module]:
     return {2: nn.Conv2d, 3: nn.Conv3d}[dim]
 
 
-def _batchnorm(dim: int) -> type[nn.Module]:
-    return {2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[dim]
+Norm = Literal["batch", "instance"]
+NORMS: tuple[str, ...] = ("batch", "instance")
+
+
+def norm_layer(kind: str, dim: int, channels: int) -> nn.Module:
+    """BatchNorm (the paper's) or InstanceNorm with affine parameters (nnU-Net's choice for small 3D batches).
+
+    InstanceNorm normalises every patch with its own statistics, so inference does not depend on running averages
+    collected from a batch of two patches, and a global intensity offset of a scan is partly removed in layer one.
+    """
+    if kind == "batch":
+        return {2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[dim](channels)
+    if kind == "instance":
+        return {2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}[dim](channels, affine=True)
+    raise ValueError(f"unknown normalisation layer '{kind}'; choose one of {', '.join(NORMS)}")
 
 
 def _interp_mode(dim: int) -> str:
@@ -63,6 +76,7 @@ class GridAttentionGate(nn.Module):
         normalisation: sigma2 - 'sigmoid', 'softmax' or 'range'.
         output_transform: apply W (1x1 conv + BN) to the gated features, as the U-Net gates do.
         phi_bias: the bias b of Eq. 1 on phi (the U-Net gates have it, the Sononet gates do not).
+        norm: 'batch' or 'instance', the normalisation layer of W.
     """
 
     def __init__(
@@ -76,6 +90,7 @@ class GridAttentionGate(nn.Module):
         normalisation: Normalisation = "sigmoid",
         output_transform: bool = True,
         phi_bias: bool = True,
+        norm: Norm = "batch",
     ) -> None:
         super().__init__()
         if normalisation not in NORMALISATIONS:
@@ -88,7 +103,7 @@ class GridAttentionGate(nn.Module):
         self.phi = conv(gating_channels, inter_channels, kernel_size=1, bias=phi_bias)
         self.psi = conv(inter_channels, 1, kernel_size=1, bias=True)
         self.output_transform = (
-            nn.Sequential(conv(in_channels, in_channels, kernel_size=1), _batchnorm(dim)(in_channels))
+            nn.Sequential(conv(in_channels, in_channels, kernel_size=1), norm_layer(norm, dim, in_channels))
             if output_transform
             else nn.Identity()
         )
@@ -133,6 +148,7 @@ class MultiHeadAttentionGate(nn.Module):
         normalisation: Normalisation = "sigmoid",
         output_transform: bool = True,
         phi_bias: bool = True,
+        norm: Norm = "batch",
     ) -> None:
         super().__init__()
         if heads < 1:
@@ -147,12 +163,15 @@ class MultiHeadAttentionGate(nn.Module):
                 normalisation=normalisation,
                 output_transform=output_transform,
                 phi_bias=phi_bias,
+                norm=norm,
             )
             for _ in range(heads)
         )
-        conv, bn = _conv(dim), _batchnorm(dim)
+        conv = _conv(dim)
         self.fuse = (
-            nn.Sequential(conv(in_channels * heads, in_channels, kernel_size=1), bn(in_channels), nn.ReLU(inplace=True))
+            nn.Sequential(
+                conv(in_channels * heads, in_channels, kernel_size=1), norm_layer(norm, dim, in_channels), nn.ReLU(inplace=True)
+            )
             if heads > 1
             else nn.Identity()
         )

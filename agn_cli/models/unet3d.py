@@ -15,19 +15,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from agn_cli.models.attention_gate import MultiHeadAttentionGate, Normalisation
+from agn_cli.models.attention_gate import MultiHeadAttentionGate, Norm, Normalisation, norm_layer
 from agn_cli.models.registry import register_model
 
 LEVELS = 5
 
 
 class ConvBlock3d(nn.Sequential):
-    """Two 3x3x3 conv + BN + ReLU."""
+    """Two 3x3x3 conv + norm (BN, or InstanceNorm with `norm='instance'`) + ReLU."""
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, norm: Norm = "batch") -> None:
         layers: list[nn.Module] = []
         for c_in in (in_channels, out_channels):
-            layers += [nn.Conv3d(c_in, out_channels, 3, padding=1), nn.BatchNorm3d(out_channels), nn.ReLU(inplace=True)]
+            layers += [nn.Conv3d(c_in, out_channels, 3, padding=1), norm_layer(norm, 3, out_channels), nn.ReLU(inplace=True)]
         super().__init__(*layers)
 
 
@@ -47,16 +47,17 @@ class UNet3D(nn.Module):
         attention_heads: int = 2,
         attention_normalisation: Normalisation = "sigmoid",
         attention_sub_sample: int = 2,
+        norm: Norm = "batch",
     ) -> None:
         super().__init__()
         f = [base_filters * 2**i for i in range(LEVELS)]
         self.in_channels, self.num_classes, self.attention = in_channels, num_classes, attention
-        self.encoder = nn.ModuleList(ConvBlock3d(c_in, c_out) for c_in, c_out in zip([in_channels] + f[:-1], f))
+        self.encoder = nn.ModuleList(ConvBlock3d(c_in, c_out, norm) for c_in, c_out in zip([in_channels] + f[:-1], f))
         self.pool = nn.MaxPool3d(2, ceil_mode=True)
         # decoder[i] merges level i+1's skip with the upsampled level i+2 feature (i = 0..3, coarse to fine: 3..0)
-        self.decoder = nn.ModuleList(ConvBlock3d(f[i] + f[i + 1], f[i]) for i in range(LEVELS - 1))
+        self.decoder = nn.ModuleList(ConvBlock3d(f[i] + f[i + 1], f[i], norm) for i in range(LEVELS - 1))
         if attention:
-            self.gating = nn.Sequential(nn.Conv3d(f[4], f[4], 1), nn.BatchNorm3d(f[4]), nn.ReLU(inplace=True))
+            self.gating = nn.Sequential(nn.Conv3d(f[4], f[4], 1), norm_layer(norm, 3, f[4]), nn.ReLU(inplace=True))
             # gates on the skips of levels 2-4 (indices 1-3), gated by the feature one level coarser
             self.gates = nn.ModuleDict(
                 {
@@ -68,6 +69,7 @@ class UNet3D(nn.Module):
                         dim=3,
                         sub_sample=attention_sub_sample,
                         normalisation=attention_normalisation,
+                        norm=norm,
                     )
                     for i in (1, 2, 3)
                 }

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from agn_cli.checkpoint import ModelCard, save_checkpoint
 from agn_cli.errors import AgnError
+from agn_cli.models.attention_gate import NORMS
 from agn_cli.train import distributed as D
 from agn_cli.train.augment import AugmentConfig, augment_sample
 from agn_cli.train.cache import CachedCase, cache_cases, foreground_normalisation, load_cached
@@ -58,6 +59,7 @@ SEG_MODELS = ("attention-unet3d", "unet3d")
 class SegTrainConfig(RunConfig):
     model: str = "attention-unet3d"
     base_filters: int = 16
+    norm: str = "batch"
     steps_per_epoch: int = 250
     patch: tuple[int, int, int] = (160, 160, 96)
     spacing: tuple[float, float, float] = (2.0, 2.0, 2.0)
@@ -85,6 +87,13 @@ class SegTrainConfig(RunConfig):
 def _validate(cfg: SegTrainConfig, world: int) -> None:
     if cfg.model not in SEG_MODELS:
         raise AgnError(f"unknown segmentation model '{cfg.model}'; use {' or '.join(SEG_MODELS)}")
+    if cfg.norm not in NORMS:
+        raise AgnError(f"--norm '{cfg.norm}' must be one of {', '.join(NORMS)}")
+    if cfg.norm == "instance" and all(math.ceil(p / 16) == 1 for p in cfg.patch):
+        raise AgnError(
+            f"--norm instance needs a bottleneck of more than one voxel, but --patch {'x'.join(map(str, cfg.patch))} "
+            "pools to 1x1x1: use a patch above 16 on at least one axis"
+        )
     if cfg.deep_supervision not in DEEP_SUPERVISION_MODES:
         raise AgnError(f"--deep-supervision must be one of {', '.join(DEEP_SUPERVISION_MODES)}")
     if cfg.epochs < 1 or cfg.steps_per_epoch < 1 or cfg.batch_size < 1 or cfg.accumulate < 1:
@@ -274,7 +283,7 @@ def _train_seg(cfg, ctx: D.DistContext, resume, overwrite, progress, log, stop_a
     from agn_cli.models import create_model
 
     torch.manual_seed(cfg.seed)
-    model_kwargs = {"in_channels": 1, "num_classes": num_classes, "base_filters": cfg.base_filters}
+    model_kwargs = {"in_channels": 1, "num_classes": num_classes, "base_filters": cfg.base_filters, "norm": cfg.norm}
     net = create_model(cfg.model, **model_kwargs).to(device)
     params = [p for p in net.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
