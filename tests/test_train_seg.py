@@ -120,6 +120,21 @@ def test_instance_norm_run_writes_a_card_that_rebuilds_the_same_network(msd, tmp
         torch.testing.assert_close(loaded[k], weights[k])
 
 
+def test_validation_pads_volumes_smaller_than_the_patch_like_training():
+    from agn_cli.models import create_model
+
+    torch.manual_seed(0)
+    net = create_model("attention-unet3d", base_filters=2, num_classes=3, norm="instance").eval()
+    # unpadded, this volume pools to one voxel, which InstanceNorm cannot normalise (it used to raise here)
+    volume = np.random.default_rng(0).normal(size=(10, 12, 8)).astype(np.float32)
+    probs = sliding_window_probs(net, volume, (32, 32, 16), torch.device("cpu"), "fp32")
+    assert probs.shape == (3, 10, 12, 8)
+    padded = np.pad(volume, [(0, 22), (0, 20), (0, 8)], constant_values=float(volume.min()))
+    with torch.no_grad():
+        whole = torch.softmax(net(torch.from_numpy(padded)[None, None]), dim=1)[0]
+    torch.testing.assert_close(probs, whole[:, :10, :12, :8])
+
+
 def test_resume_continues_same_epoch_and_stream(msd, tmp_path):
     full, parts = tmp_path / "full", tmp_path / "parts"
     flips = AugmentConfig(rotation=10, scale=0.1, translation=0.05, flip_axes=(1,)).to_dict()  # y flips: in the stream too

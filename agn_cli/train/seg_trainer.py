@@ -159,11 +159,19 @@ def _worker_init(worker_id: int) -> None:
 def sliding_window_probs(
     net: torch.nn.Module, volume: np.ndarray, patch: Sequence[int], device: torch.device, precision: str, overlap: float = 0.5
 ) -> torch.Tensor:
-    """Softmax probabilities (C, *shape) of a whole volume from overlapping patches (mean where they overlap)."""
+    """Softmax probabilities (C, *shape) of a whole volume from overlapping patches (mean where they overlap).
+
+    A volume shorter than the patch on an axis is padded with its lowest value (air after the CT window) and the
+    result cropped back, as training patches and `agn segment` pad: the network always sees whole patches.
+    """
     from agn_cli.train.engine import autocast
 
+    if any(s < p for s, p in zip(volume.shape, patch)):
+        pad = [(0, max(int(p) - s, 0)) for s, p in zip(volume.shape, patch)]
+        padded = np.pad(volume, pad, constant_values=float(np.min(volume)))
+        probs = sliding_window_probs(net, padded, patch, device, precision, overlap)
+        return probs[(slice(None), *(slice(0, s) for s in volume.shape))].contiguous()
     shape = volume.shape
-    patch = [min(p, s) for p, s in zip(patch, shape)]
     starts = []
     for s, p in zip(shape, patch):
         step = max(1, int(p * (1 - overlap)))
