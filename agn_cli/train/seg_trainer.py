@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from agn_cli.checkpoint import ModelCard, save_checkpoint
 from agn_cli.errors import AgnError
 from agn_cli.models.attention_gate import NORMS
+from agn_cli.models.unet3d import LEVELS
 from agn_cli.train import distributed as D
 from agn_cli.train.augment import AugmentConfig, augment_sample
 from agn_cli.train.cache import CachedCase, cache_cases, foreground_normalisation, load_cached
@@ -89,10 +90,11 @@ def _validate(cfg: SegTrainConfig, world: int) -> None:
         raise AgnError(f"unknown segmentation model '{cfg.model}'; use {' or '.join(SEG_MODELS)}")
     if cfg.norm not in NORMS:
         raise AgnError(f"--norm '{cfg.norm}' must be one of {', '.join(NORMS)}")
-    if cfg.norm == "instance" and all(math.ceil(p / 16) == 1 for p in cfg.patch):
+    pooling = 2 ** (LEVELS - 1)  # input voxels per bottleneck voxel along an axis
+    if cfg.norm == "instance" and all(math.ceil(p / pooling) == 1 for p in cfg.patch):
         raise AgnError(
             f"--norm instance needs a bottleneck of more than one voxel, but --patch {'x'.join(map(str, cfg.patch))} "
-            "pools to 1x1x1: use a patch above 16 on at least one axis"
+            f"pools to 1x1x1: use a patch above {pooling} on at least one axis"
         )
     if cfg.deep_supervision not in DEEP_SUPERVISION_MODES:
         raise AgnError(f"--deep-supervision must be one of {', '.join(DEEP_SUPERVISION_MODES)}")
@@ -157,19 +159,27 @@ def _worker_init(worker_id: int) -> None:
 
 
 def sliding_window_probs(
-    net: torch.nn.Module, volume: np.ndarray, patch: Sequence[int], device: torch.device, precision: str, overlap: float = 0.5
+    net: torch.nn.Module,
+    volume: np.ndarray,
+    patch: Sequence[int],
+    device: torch.device,
+    precision: str,
+    overlap: float = 0.5,
+    pad_value: float | None = None,
 ) -> torch.Tensor:
     """Softmax probabilities (C, *shape) of a whole volume from overlapping patches (mean where they overlap).
 
-    A volume shorter than the patch on an axis is padded with its lowest value (air after the CT window) and the
-    result cropped back, as training patches and `agn segment` pad: the network always sees whole patches.
+    A volume shorter than the patch on an axis is padded with `pad_value` (callers with a card pass its normalised
+    air, `normalised_background`; default: the volume's lowest value) and the result cropped back, as training
+    patches and `agn segment` pad: the network always sees whole patches.
     """
     from agn_cli.train.engine import autocast
 
     if any(s < p for s, p in zip(volume.shape, patch)):
         pad = [(0, max(int(p) - s, 0)) for s, p in zip(volume.shape, patch)]
-        padded = np.pad(volume, pad, constant_values=float(np.min(volume)))
-        probs = sliding_window_probs(net, padded, patch, device, precision, overlap)
+        fill = float(np.min(volume)) if pad_value is None else float(pad_value)
+        padded = np.pad(volume, pad, constant_values=fill)
+        probs = sliding_window_probs(net, padded, patch, device, precision, overlap, fill)
         return probs[(slice(None), *(slice(0, s) for s in volume.shape))].contiguous()
     shape = volume.shape
     starts = []
@@ -415,16 +425,17 @@ def _train_seg(cfg, ctx: D.DistContext, resume, overwrite, progress, log, stop_a
 
 def _validate_cases(net, cases, normalisation, patch, num_classes, ctx: D.DistContext, precision) -> np.ndarray:
     """Per-class mean Dice over the validation cases, each rank taking a share, reduced across ranks."""
-    from agn_cli.preprocess import normalise_ct
+    from agn_cli.preprocess import normalise_ct, normalised_background
 
     net.eval()
+    air = normalised_background(normalisation)  # what training patches and agn segment pad with
     sums = torch.zeros(num_classes - 1, dtype=torch.float64)
     counts = torch.zeros(num_classes - 1, dtype=torch.float64)
     for i, case in enumerate(cases):
         if i % ctx.world_size != ctx.rank:
             continue
         volume = normalise_ct(case.image(), normalisation)
-        probs = sliding_window_probs(net, volume, patch, ctx.device, precision)
+        probs = sliding_window_probs(net, volume, patch, ctx.device, precision, pad_value=air)
         pred = probs.argmax(0).numpy()
         for c, d in enumerate(dice_per_class(pred, np.asarray(case.label()), num_classes)):
             if not math.isnan(d):
