@@ -8,6 +8,3 @@ class AgnError(Exception):
 
     exit_code = 2
 
-
-class NotImplementedYet(AgnError):
-    """A command that exists in the CLI but is not built yet."""

@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
-from agn_cli.benchmark import _loss, _train_step_fn  # noqa: E402
-from agn_cli.fast import prepare_model  # noqa: E402
+from agn_cli.apps.bench import _loss, _train_step_fn  # noqa: E402
+from agn_cli.runtime.fast import prepare_model  # noqa: E402
 from agn_cli.models import create_model  # noqa: E402
 
 DEVICE = sys.argv[1] if len(sys.argv) > 1 else "cuda"

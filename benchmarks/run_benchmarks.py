@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown item(s) {', '.join(sorted(unknown))}; see --list")
 
     sys.path.insert(0, str(ROOT))
-    from agn_cli.benchmark import environment
+    from agn_cli.apps.bench import environment
 
     machine = environment(torch.device(device if device != "cuda" else "cuda:0"))
     results = {}

@@ -107,7 +107,7 @@ def stage_install(work: Path, out: Path, overwrite: bool, machine_text: str | No
     """Final checkpoint of the run -> weights/ with the default model card."""
     import dataclasses
 
-    from agn_cli.checkpoint import load_checkpoint, save_checkpoint
+    from agn_cli.runtime.checkpoint import load_checkpoint, save_checkpoint
     from agn_cli.synth.ct_phantom import LABELS
 
     run = work / "run"
@@ -178,7 +178,7 @@ def stage_evaluate_model(model, card) -> dict | None:
     import torch
 
     from agn_cli.metrics.segmentation import evaluate_segmentation
-    from agn_cli.segmentation import Segmenter, SegmentOptions
+    from agn_cli.ct.segmenter import Segmenter, SegmentOptions
 
     shared = Path(os.environ.get("AGN_SHARED", ROOT.parent / "shared"))
     folder = shared / "data" / "ct" / "totalseg-example"
@@ -225,7 +225,7 @@ def main() -> None:
     if args.stage in ("all", "install"):
         stage_install(work, args.output, args.overwrite, args.machine)
     if args.stage == "evaluate":
-        from agn_cli.checkpoint import load_checkpoint
+        from agn_cli.runtime.checkpoint import load_checkpoint
 
         model, card = load_checkpoint(args.output)
         stage_evaluate_model(model, card)

@@ -9,7 +9,7 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from agn_cli.benchmark import BenchConfig, parse_size, run_benchmark
+from agn_cli.apps.bench import BenchConfig, parse_size, run_benchmark
 from agn_cli.cli.app import app
 from agn_cli.errors import AgnError
 

@@ -8,9 +8,9 @@ import stat
 import pytest
 import torch
 
-from agn_cli.checkpoint import ModelCard, load_checkpoint, save_checkpoint
+from agn_cli.runtime.checkpoint import ModelCard, load_checkpoint, save_checkpoint
 from agn_cli.errors import AgnError
-from agn_cli.io.atomic import atomic_path, write_text_atomic
+from agn_cli.runtime.atomic import atomic_path, write_text_atomic
 from agn_cli.models import create_model
 
 

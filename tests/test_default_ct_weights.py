@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from agn_cli.io.volume import Geometry
+from agn_cli.ct.volume import Geometry
 from tests.conftest import REPO_ROOT, require
 
 WEIGHTS = REPO_ROOT / "weights" / "ct-attention-unet3d-synth.safetensors"
@@ -39,7 +39,7 @@ def run_cli(capsys, *args) -> tuple[int, str, str]:
 
 
 def test_card_fields_sha256_and_load():
-    from agn_cli.checkpoint import load_checkpoint, sha256_file
+    from agn_cli.runtime.checkpoint import load_checkpoint, sha256_file
 
     assert WEIGHTS.is_file() and CARD.is_file()
     assert WEIGHTS.stat().st_size < 10 * 2**20  # small enough to ship in the repository
@@ -60,7 +60,7 @@ def test_card_fields_sha256_and_load():
 
 
 def test_default_lookup_keeps_the_classifier():
-    from agn_cli.checkpoint import find_default_weights, read_card
+    from agn_cli.runtime.checkpoint import find_default_weights, read_card
 
     assert find_default_weights("segmentation") == WEIGHTS
     classifier = find_default_weights("classification")

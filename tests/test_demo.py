@@ -155,7 +155,7 @@ def test_an_installed_default_ct_model_is_run_beside_the_demo_model(quick_demo, 
 
     import torch
 
-    from agn_cli.demo import DemoConfig, ct_figure, segment_step
+    from agn_cli.apps.demo import DemoConfig, ct_figure, segment_step
 
     output, _, _ = quick_demo
     work = tmp_path / "work"

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from agn_cli.errors import AgnError
-from agn_cli.io.frames import FrameReadError, expand_inputs, iter_frames, read_frames
+from agn_cli.us.frames import FrameReadError, expand_inputs, iter_frames, read_frames
 from tests.conftest import require
 
 

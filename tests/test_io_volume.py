@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 
 from agn_cli.errors import AgnError
-from agn_cli.io.volume import (
+from agn_cli.ct.volume import (
     Geometry,
     array_xyz,
     dicom_series,
@@ -113,7 +113,7 @@ def test_truncated_nifti(tmp_path):
 def test_gzip_trailer_shortcut_and_its_fallback(tmp_path, monkeypatch):
     """A complete .nii.gz is accepted from its gzip trailer without decompressing the stream; a multi-member file
     (trailer = last member only) is checked the slow way and accepted; a truncated one is still refused."""
-    from agn_cli.io import volume as volume_module
+    from agn_cli.ct import volume as volume_module
 
     image = synthetic(size=(40, 40, 20))
     full = write_volume(image, tmp_path / "full.nii.gz")

@@ -11,8 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
-from agn_cli.frame_preprocess import FrameGeometry
-from agn_cli.localisation import LocalisationParams, box_iou, localisation_table, localise, mask_box
+from agn_cli.us.preprocess import FrameGeometry
+from agn_cli.us.localisation import LocalisationParams, box_iou, localisation_table, localise, mask_box
 from tests.conftest import REPO_ROOT, require, run_agn, run_agn_here
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from agn_cli.checkpoint import load_checkpoint
+from agn_cli.runtime.checkpoint import load_checkpoint
 from agn_cli.train.patches import choose_patch_origin, extract_patch
 from agn_cli.train.seg_trainer import SegTrainConfig, train_seg
 from agn_cli.train.toy import write_msd_dataset

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from agn_cli.checkpoint import ModelCard
+from agn_cli.runtime.checkpoint import ModelCard
 from agn_cli.errors import AgnError
-from agn_cli.io.volume import Geometry, array_xyz, image_from_xyz, read_volume
-from agn_cli.preprocess import (
+from agn_cli.ct.volume import Geometry, array_xyz, image_from_xyz, read_volume
+from agn_cli.ct.preprocess import (
     DEFAULT_CT_NORMALISATION,
     normalise_ct,
     prepare_ct,

@@ -14,8 +14,8 @@ import SimpleITK as sitk
 import torch
 from torch import nn
 
-from agn_cli.io.volume import Geometry, image_from_xyz, read_volume, write_volume
-from agn_cli.inference import gaussian_importance, mirror_axes, predict_volume, window_starts
+from agn_cli.ct.volume import Geometry, image_from_xyz, read_volume, write_volume
+from agn_cli.ct.sliding_window import gaussian_importance, mirror_axes, predict_volume, window_starts
 from tests.conftest import require
 
 CT = "data/ct/totalseg-example"
@@ -37,7 +37,7 @@ def run_cli(capsys, *args: str) -> tuple[int, str, str]:
 @pytest.fixture(scope="module")
 def tiny_weights(tmp_path_factory) -> Path:
     """F1 = 4 attention U-Net at 6 mm with a 64^3 patch: a real pipeline, seconds per scan."""
-    from agn_cli.weights_init import init_checkpoint
+    from agn_cli.apps.weights_init import init_checkpoint
 
     path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
     init_checkpoint("attention-unet3d", "spleen,pancreas,kidney", path, base_filters=4, spacing="6", patch="64x64x64")
@@ -192,7 +192,7 @@ def test_tta_mirrors_only_the_axes_the_model_was_trained_to_flip(tiny_weights, t
 
 
 def test_largest_component_keeps_one_blob_per_label():
-    from agn_cli.segmentation import largest_component_per_class
+    from agn_cli.ct.segmenter import largest_component_per_class
 
     labels = np.zeros((20, 20, 20), np.uint8)
     labels[1:4, 1:4, 1:4] = 1
@@ -221,7 +221,7 @@ def test_existing_output_needs_overwrite(tiny_weights, tmp_path, capsys):
 
 
 def test_default_weights_notice_and_missing_weights_message(tiny_weights, tmp_path, capsys, monkeypatch):
-    import agn_cli.checkpoint as checkpoint
+    import agn_cli.runtime.checkpoint as checkpoint
 
     scan = write_volume(synthetic_ct(), tmp_path / "scan.nii.gz")
     monkeypatch.setattr(checkpoint, "find_default_weights", lambda task: None)
@@ -234,7 +234,7 @@ def test_default_weights_notice_and_missing_weights_message(tiny_weights, tmp_pa
 
 
 def test_labels_that_do_not_fit_uint8(tmp_path, capsys):
-    from agn_cli.checkpoint import ModelCard, save_checkpoint
+    from agn_cli.runtime.checkpoint import ModelCard, save_checkpoint
     from agn_cli.models import create_model
 
     scan = write_volume(synthetic_ct(), tmp_path / "scan.nii.gz")
@@ -331,8 +331,8 @@ class ThresholdNet(nn.Module):
 def test_card_postprocessing_sets_the_largest_component_default(tiny_weights, tmp_path, capsys):
     import shutil
 
-    from agn_cli.checkpoint import ModelCard
-    from agn_cli.segmentation import SegmentOptions, Segmenter
+    from agn_cli.runtime.checkpoint import ModelCard
+    from agn_cli.ct.segmenter import SegmentOptions, Segmenter
 
     arr = np.full((60, 60, 30), -100, np.int16)  # a big and a small bright block, far apart
     arr[4:30, 4:30, 4:20] = 300

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from agn_cli.checkpoint import load_checkpoint, load_state_dict
+from agn_cli.runtime.checkpoint import load_checkpoint, load_state_dict
 from agn_cli.errors import AgnError
-from agn_cli.sononet_convert import LASAGNE_BN_EPS, SONONET_LABELS, sononet16_from_npz
+from agn_cli.us.sononet_convert import LASAGNE_BN_EPS, SONONET_LABELS, sononet16_from_npz
 from tests.conftest import REPO_ROOT, require, run_agn, run_agn_here
 
 SHIPPED = REPO_ROOT / "weights" / "sononet16.safetensors"

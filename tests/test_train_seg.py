@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from agn_cli.checkpoint import load_checkpoint
+from agn_cli.runtime.checkpoint import load_checkpoint
 from agn_cli.train.augment import AugmentConfig
 from agn_cli.train.run_state import read_metrics_csv
 from agn_cli.train.seg_trainer import SegTrainConfig, dice_per_class, sliding_window_probs, train_seg
@@ -87,7 +87,7 @@ def test_overfit_one_case_reaches_dice_09(tmp_path):
     )
     train_seg(cfg, progress=False)
     model, card = load_checkpoint(run)
-    from agn_cli.preprocess import normalise_ct
+    from agn_cli.ct.preprocess import normalise_ct
     from agn_cli.train.cache import load_cached
     from agn_cli.train.datasets import load_dataset
 

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from agn_cli.checkpoint import load_checkpoint, read_card
+from agn_cli.runtime.checkpoint import load_checkpoint, read_card
 from agn_cli.errors import AgnError
-from agn_cli.weights_init import parse_labels, parse_size
+from agn_cli.apps.weights_init import parse_labels, parse_size
 from tests.test_segment import run_cli
 
 
@@ -80,7 +80,7 @@ def test_list_reads_agn_weights_folders(tmp_path, capsys, monkeypatch):
     assert entry["task"] == "segmentation" and entry["default"] is True
     code, stdout, _ = run_cli(capsys, "weights", "list")
     assert code == 0 and "unet3d" in stdout
-    from agn_cli.checkpoint import find_default_weights
+    from agn_cli.runtime.checkpoint import find_default_weights
 
     assert find_default_weights("segmentation") == folder / "ct.safetensors"
 

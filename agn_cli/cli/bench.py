@@ -110,9 +110,9 @@ def command(
     """Benchmark a network: median/min ms, items/s, peak memory; --compare eager prints the fast path's speed-up."""
     import json
 
-    from agn_cli.benchmark import BenchConfig, run_benchmark
+    from agn_cli.apps.bench import BenchConfig, run_benchmark
     from agn_cli.errors import AgnError
-    from agn_cli.io.atomic import check_writable, write_text_atomic
+    from agn_cli.runtime.atomic import check_writable, write_text_atomic
 
     if compare is not None and compare.strip().lower() != "eager":
         raise AgnError(f"--compare takes 'eager', got '{compare}'")

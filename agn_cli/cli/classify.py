@@ -18,7 +18,7 @@ from agn_cli.errors import AgnError
 
 
 def check_output(output: Optional[Path], overwrite: bool, allowed: tuple[str, ...] = (".json", ".csv")) -> None:
-    from agn_cli.io.atomic import check_writable
+    from agn_cli.runtime.atomic import check_writable
 
     if output is None:
         return
@@ -46,8 +46,8 @@ def overlay_writer(overlays: Optional[Path]) -> Optional[Callable[[Any], None]]:
         return None
     import cv2
 
-    from agn_cli.classification import OverlayNamer, overlay_image
-    from agn_cli.io.atomic import atomic_path
+    from agn_cli.us.classifier import OverlayNamer, overlay_image
+    from agn_cli.runtime.atomic import atomic_path
 
     overlays.mkdir(parents=True, exist_ok=True)
     namer = OverlayNamer()
@@ -64,8 +64,8 @@ def overlay_writer(overlays: Optional[Path]) -> Optional[Callable[[Any], None]]:
 
 
 def write_results(output: Path, payload: dict[str, Any], overwrite: bool) -> None:
-    from agn_cli.classification import results_to_csv
-    from agn_cli.io.atomic import write_text_atomic
+    from agn_cli.us.classifier import results_to_csv
+    from agn_cli.runtime.atomic import write_text_atomic
 
     if output.suffix.lower() == ".csv":
         write_text_atomic(output, results_to_csv(payload["frames"]), overwrite)
@@ -129,7 +129,7 @@ def frames_table(results: list[Any], limit: int = 40, title: str = "predictions"
 def run_classifier(classifier: Any, inputs: List[Path], every: int, batch_size: int, show_progress: bool,
                    on_result: Optional[Callable[[Any], None]] = None):
     """Classify all inputs with a progress counter; warn per failed input; exit 2 when nothing was read."""
-    from agn_cli.classification import classify_inputs
+    from agn_cli.us.classifier import classify_inputs
 
     def on_error(path: Path, message: str) -> None:
         warn(f"skipped {message}")
@@ -170,10 +170,10 @@ def command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
 ) -> None:
     """Classify fetal ultrasound frames into SonoNet's standard planes, optionally with boxes from attention."""
-    from agn_cli.classification import Classifier, results_to_coco
-    from agn_cli.device import configure_cpu_threads, resolve_device
-    from agn_cli.frame_preprocess import parse_crop
-    from agn_cli.io.atomic import check_writable, write_text_atomic
+    from agn_cli.us.classifier import Classifier, results_to_coco
+    from agn_cli.runtime.device import configure_cpu_threads, resolve_device
+    from agn_cli.us.preprocess import parse_crop
+    from agn_cli.runtime.atomic import check_writable, write_text_atomic
 
     check_output(output, overwrite)
     if output is not None and boxes:
@@ -207,7 +207,7 @@ def command(
 
 def localisation_params(blur_sigma: float, threshold: float, select: str, normalise: str = "max", min_area: float = 0.0,
                         step: int = 4):
-    from agn_cli.localisation import LocalisationParams
+    from agn_cli.us.localisation import LocalisationParams
 
     if select not in ("overlap", "strongest", "largest"):
         raise AgnError(f"--select {select}: use overlap, strongest or largest")

@@ -30,7 +30,7 @@ def command(
     labels and boxes from attention with IoU, eager-vs-fast benchmark. Writes report.md, report.html (self-contained),
     summary.json, figures/*.png, and the data and weights it made.
     """
-    from agn_cli.demo import DemoConfig, check_output, run_demo
+    from agn_cli.apps.demo import DemoConfig, check_output, run_demo
 
     check_output(output, overwrite)  # fail before any work
     if threads is not None and threads < 1:

@@ -87,7 +87,7 @@ def seg(
     Give two label map files (NIfTI, NRRD, MHA) or two folders. A prediction on another grid is resampled onto the
     reference (nearest neighbour) with a warning. Classes absent in both maps get '-' (NaN) and a note.
     """
-    from agn_cli.io.atomic import check_writable, write_text_atomic
+    from agn_cli.runtime.atomic import check_writable, write_text_atomic
     from agn_cli.metrics import segmentation as S
 
     label_ids = _parse_labels(labels)

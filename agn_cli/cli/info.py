@@ -6,7 +6,7 @@ import typer
 from rich.table import Table
 
 from agn_cli.cli.console import out, print_json
-from agn_cli.system_info import system_info
+from agn_cli.apps.info import system_info
 
 
 def command(json_output: bool = typer.Option(False, "--json", help="Print JSON only.")) -> None:

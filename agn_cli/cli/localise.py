@@ -38,7 +38,7 @@ class GroundTruth:
         self.boxes: dict[str, list[tuple[list[float], Optional[str], Optional[int]]]] = {}
         self.masks: dict[str, Path] = {}
         if source.is_dir():
-            from agn_cli.io.frames import IMAGE_SUFFIXES
+            from agn_cli.us.frames import IMAGE_SUFFIXES
 
             for mask in sorted(source.rglob("*")):
                 if mask.is_file() and mask.suffix.lower() in IMAGE_SUFFIXES:
@@ -81,7 +81,7 @@ class GroundTruth:
                 return None, None, "unmatched"
             import cv2
 
-            from agn_cli.localisation import mask_box
+            from agn_cli.us.localisation import mask_box
 
             image = cv2.imread(str(mask), cv2.IMREAD_UNCHANGED)
             if image is None:
@@ -139,7 +139,7 @@ def command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
 ) -> None:
     """Weakly supervised localisation: one box per frame from the classifier's attention (no backpropagation)."""
-    from agn_cli.classification import Classifier
+    from agn_cli.us.classifier import Classifier
     from agn_cli.cli.classify import (
         check_output,
         check_overlays,
@@ -149,9 +149,9 @@ def command(
         run_classifier,
         summary_table,
     )
-    from agn_cli.device import configure_cpu_threads, resolve_device
-    from agn_cli.frame_preprocess import parse_crop
-    from agn_cli.localisation import box_iou, localisation_table
+    from agn_cli.runtime.device import configure_cpu_threads, resolve_device
+    from agn_cli.us.preprocess import parse_crop
+    from agn_cli.us.localisation import box_iou, localisation_table
 
     check_output(output, overwrite)
     check_overlays(overlays, overwrite)
@@ -201,7 +201,7 @@ def command(
 
 def _write(output: Path, payload: dict[str, Any], overwrite: bool) -> None:
     """JSON as is; CSV gets the per-frame rows plus gt_box/iou columns."""
-    from agn_cli.io.atomic import write_text_atomic
+    from agn_cli.runtime.atomic import write_text_atomic
 
     if output.suffix.lower() != ".csv":
         write_text_atomic(output, json.dumps(payload, indent=2) + "\n", overwrite)

@@ -13,7 +13,7 @@ from agn_cli.errors import AgnError
 
 
 def _is_batch(inputs: list[Path]) -> bool:
-    from agn_cli.io.volume import dicom_series, is_volume_file
+    from agn_cli.ct.volume import dicom_series, is_volume_file
 
     if len(inputs) > 1:
         return True
@@ -27,8 +27,8 @@ def _is_batch(inputs: list[Path]) -> bool:
 
 
 def _case_outputs(source: Path, output: Path, batch: bool, probabilities, attention, preview):
-    from agn_cli.io.volume import volume_stem
-    from agn_cli.segmentation import CaseOutputs
+    from agn_cli.ct.volume import volume_stem
+    from agn_cli.ct.segmenter import CaseOutputs
 
     if not batch:
         mask = output / f"{volume_stem(source)}.nii.gz" if output.is_dir() else output
@@ -67,10 +67,10 @@ def command(
     json_out: bool = typer.Option(False, "--json", help="Print the result record(s) as JSON on stdout."),
 ) -> None:
     """Segment abdominal organs in CT volumes; the mask lies exactly on the input grid."""
-    from agn_cli.checkpoint import find_default_weights, resolve_checkpoint
-    from agn_cli.device import configure_cpu_threads, resolve_device
-    from agn_cli.io.volume import list_volume_inputs
-    from agn_cli.segmentation import SegmentOptions, Segmenter
+    from agn_cli.runtime.checkpoint import find_default_weights, resolve_checkpoint
+    from agn_cli.runtime.device import configure_cpu_threads, resolve_device
+    from agn_cli.ct.volume import list_volume_inputs
+    from agn_cli.ct.segmenter import SegmentOptions, Segmenter
 
     batch = _is_batch(inputs)
     if batch:
@@ -83,7 +83,7 @@ def command(
             if extra is not None and extra.exists() and not extra.is_dir():
                 raise AgnError(f"{flag} must be a folder when segmenting several scans: {extra}")
     else:
-        from agn_cli.segmentation import read_case
+        from agn_cli.ct.segmenter import read_case
 
         cases = inputs
         single_outputs = _case_outputs(cases[0], output, False, probabilities, attention, preview)
@@ -153,7 +153,7 @@ def command(
 def _run_case(segmenter, source: Path, outputs, options, series, overwrite, image=(None, None)) -> dict[str, Any]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from agn_cli.segmentation import segment_case
+    from agn_cli.ct.segmenter import segment_case
 
     if not err.is_terminal:  # no live bar (and no stray blank lines) in logs and pipes
         return segment_case(segmenter, source, outputs, options, series, overwrite, notify=note, warn=warn, image=image[0], read_seconds=image[1])

@@ -34,8 +34,8 @@ def init(
     json_out: bool = typer.Option(False, "--json", help="Print the written paths and the card as JSON."),
 ) -> None:
     """Write a randomly initialised checkpoint with a valid model card (for pipeline tests and benchmarks)."""
-    from agn_cli.checkpoint import card_path_for
-    from agn_cli.weights_init import init_checkpoint
+    from agn_cli.runtime.checkpoint import card_path_for
+    from agn_cli.apps.weights_init import init_checkpoint
 
     path, card = init_checkpoint(
         model,
@@ -73,7 +73,7 @@ def list_(json_out: bool = typer.Option(False, "--json", help="Print JSON instea
     """List installed weights ($AGN_WEIGHTS folders, then the project's weights/ folder)."""
     from rich.table import Table
 
-    from agn_cli.checkpoint import list_weights, weights_dirs
+    from agn_cli.runtime.checkpoint import list_weights, weights_dirs
 
     found = list_weights()
     if json_out:
@@ -100,7 +100,7 @@ def verify(
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Check the weights' sha256 against the model card and that they load into the card's architecture."""
-    from agn_cli.checkpoint import load_checkpoint, resolve_checkpoint, verify_checkpoint
+    from agn_cli.runtime.checkpoint import load_checkpoint, resolve_checkpoint, verify_checkpoint
 
     weights = resolve_checkpoint(path)
     matches, expected, actual = verify_checkpoint(weights)

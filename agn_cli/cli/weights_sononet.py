@@ -17,8 +17,8 @@ def convert_sononet(
     json_out: bool = typer.Option(False, "--json", help="Print the written paths and sha256 as JSON."),
 ) -> None:
     """Convert the published SonoNet-16 (Theano/Lasagne .npz) into an agn checkpoint with a model card."""
-    from agn_cli.checkpoint import card_path_for, read_card
-    from agn_cli.sononet_convert import convert_sononet16
+    from agn_cli.runtime.checkpoint import card_path_for, read_card
+    from agn_cli.us.sononet_convert import convert_sononet16
 
     if output.suffix != ".safetensors":
         from agn_cli.errors import AgnError

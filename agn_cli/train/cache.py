@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from agn_cli.errors import AgnError
-from agn_cli.io.atomic import atomic_path
+from agn_cli.runtime.atomic import atomic_path
 from agn_cli.train.datasets import Case
 from agn_cli.train.patches import foreground_locations
 
@@ -74,8 +74,8 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 
 def preprocess_case(case: Case, spacing: Sequence[float], num_classes: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Canonical orientation and target spacing through the inference functions; arrays in (x, y, z)."""
-    from agn_cli.io.volume import Geometry, array_xyz, read_volume
-    from agn_cli.preprocess import resample_to_geometry, resample_to_spacing, to_canonical
+    from agn_cli.ct.volume import Geometry, array_xyz, read_volume
+    from agn_cli.ct.preprocess import resample_to_geometry, resample_to_spacing, to_canonical
 
     if len(case.images) != 1:
         raise AgnError(f"case {case.case_id} has {len(case.images)} channels; agn train seg supports single-channel CT")

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from agn_cli.checkpoint import ModelCard, load_checkpoint
+from agn_cli.runtime.checkpoint import ModelCard, load_checkpoint
 from agn_cli.errors import AgnError
 from agn_cli.train import distributed as D
 from agn_cli.train.augment import AugmentConfig, augment_sample
@@ -74,7 +74,7 @@ class ClsTrainConfig(RunConfig):
 
 
 def preprocessing_for(cfg: ClsTrainConfig) -> dict[str, Any]:
-    from agn_cli.frame_preprocess import SONONET_PREPROCESSING
+    from agn_cli.us.preprocess import SONONET_PREPROCESSING
 
     pre: dict[str, Any] = {"grey": "mean", "size": list(cfg.size), "interpolation": "area", "zscore": True, "scale": 1.0}
     if cfg.crop == "sononet":

@@ -17,7 +17,7 @@ from typing import Sequence
 import torch
 import torch.distributed as dist
 
-from agn_cli.device import resolve_device
+from agn_cli.runtime.device import resolve_device
 from agn_cli.errors import AgnError
 
 
@@ -48,13 +48,6 @@ class DistContext:
         t = tensor.to(self.device if self.device.type == "cuda" else "cpu")
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return t.to(tensor.device)
-
-    def broadcast_object(self, obj):
-        if not self.initialised:
-            return obj
-        box = [obj]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
 
     def shutdown(self) -> None:
         if self.initialised and dist.is_initialized():

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from agn_cli.errors import AgnError
-from agn_cli.io.atomic import atomic_path, write_text_atomic
+from agn_cli.runtime.atomic import atomic_path, write_text_atomic
 
 STATE_FILE = "latest_state.pt"
 RUN_FILES = (

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from agn_cli.checkpoint import ModelCard, save_checkpoint
+from agn_cli.runtime.checkpoint import ModelCard, save_checkpoint
 from agn_cli.errors import AgnError
 from agn_cli.models.attention_gate import NORMS
 from agn_cli.models.unet3d import LEVELS
@@ -140,7 +140,7 @@ class PatchSampler(Dataset):
         return self._locations[i]
 
     def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        from agn_cli.preprocess import AIR_HU, normalise_ct
+        from agn_cli.ct.preprocess import AIR_HU, normalise_ct
 
         rng = np.random.default_rng([self.seed, int(k)])
         ci = int(rng.integers(0, len(self.cases)))
@@ -425,7 +425,7 @@ def _train_seg(cfg, ctx: D.DistContext, resume, overwrite, progress, log, stop_a
 
 def _validate_cases(net, cases, normalisation, patch, num_classes, ctx: D.DistContext, precision) -> np.ndarray:
     """Per-class mean Dice over the validation cases, each rank taking a share, reduced across ranks."""
-    from agn_cli.preprocess import normalise_ct, normalised_background
+    from agn_cli.ct.preprocess import normalise_ct, normalised_background
 
     net.eval()
     air = normalised_background(normalisation)  # what training patches and agn segment pad with

@@ -25,7 +25,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from agn_cli.errors import AgnError
-from agn_cli.io.volume import Geometry, array_xyz, image_from_xyz
+from agn_cli.ct.volume import Geometry, array_xyz, image_from_xyz
 
 CANONICAL_ORIENTATION = "LPS"
 

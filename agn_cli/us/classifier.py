@@ -17,11 +17,11 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
-from agn_cli.checkpoint import ModelCard, find_default_weights, load_checkpoint
+from agn_cli.runtime.checkpoint import ModelCard, find_default_weights, load_checkpoint
 from agn_cli.errors import AgnError
-from agn_cli.frame_preprocess import Crop, FrameGeometry, frame_geometry, preprocess_frame
-from agn_cli.io.frames import DICOM_SUFFIXES, VIDEO_SUFFIXES, Frame
-from agn_cli.localisation import LocalisationParams, attention_maps_for, localise
+from agn_cli.us.preprocess import Crop, FrameGeometry, frame_geometry, preprocess_frame
+from agn_cli.us.frames import DICOM_SUFFIXES, VIDEO_SUFFIXES, Frame
+from agn_cli.us.localisation import LocalisationParams, attention_maps_for, localise
 
 VIDEO_AND_DICOM = VIDEO_SUFFIXES + DICOM_SUFFIXES
 
@@ -93,7 +93,7 @@ class Classifier:
         localisation: LocalisationParams | None = None,
         target_label: str | None = None,
     ) -> None:
-        from agn_cli.fast import prepare_model
+        from agn_cli.runtime.fast import prepare_model
 
         self.weights = resolve_weights(weights)
         self.device = torch.device(device)
@@ -385,7 +385,7 @@ def classify_inputs(
     on_result: Callable[[FrameResult], None] | None = None,
 ) -> tuple[list[FrameResult], RunSummary]:
     """Read, classify and (optionally) localise every frame of `inputs`; failures are collected, not raised."""
-    from agn_cli.io.frames import iter_frames
+    from agn_cli.us.frames import iter_frames
 
     summary = RunSummary(weights=str(classifier.weights), device=str(classifier.device))
     files: set[str] = set()

@@ -438,6 +438,3 @@ def prepare_model(
             compiled = None
     return FastModel(net, device, options, compiled)
 
-
-def is_fast(model: nn.Module) -> bool:
-    return isinstance(model, FastModel)

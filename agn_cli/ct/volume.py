@@ -21,7 +21,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from agn_cli.errors import AgnError
-from agn_cli.io.atomic import atomic_path, full_suffix
+from agn_cli.runtime.atomic import atomic_path, full_suffix
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 _FLOAT_TYPES = {sitk.sitkFloat32, sitk.sitkFloat64}

@@ -9,13 +9,13 @@ from typing import Any
 import torch
 
 from agn_cli import __version__
-from agn_cli.checkpoint import list_weights
+from agn_cli.runtime.checkpoint import list_weights
 from agn_cli.models import count_parameters, create_model, get_entry, list_models
 
 
 def devices() -> list[dict[str, Any]]:
     found: list[dict[str, Any]] = []
-    from agn_cli.device import device_name
+    from agn_cli.runtime.device import device_name
 
     found.append({"id": "cpu", "name": device_name(torch.device("cpu")), "threads": torch.get_num_threads()})
     if torch.cuda.is_available():

@@ -66,8 +66,8 @@ def peak_rss_bytes() -> int:
 
 def environment(device: torch.device) -> dict[str, Any]:
     """Where the numbers come from: device, versions, threads, host."""
-    from agn_cli.device import device_name
-    from agn_cli.fast import cpu_bf16_supported
+    from agn_cli.runtime.device import device_name
+    from agn_cli.runtime.fast import cpu_bf16_supported
 
     info: dict[str, Any] = {
         "device": str(device),
@@ -232,7 +232,7 @@ def _validate(cfg: BenchConfig) -> None:
 
 
 def _setup_device(cfg: BenchConfig) -> torch.device:
-    from agn_cli.device import configure_cpu_threads, resolve_device
+    from agn_cli.runtime.device import configure_cpu_threads, resolve_device
 
     device = resolve_device(cfg.device)
     if cfg.threads is not None and cfg.threads < 1:
@@ -242,7 +242,7 @@ def _setup_device(cfg: BenchConfig) -> torch.device:
 
 
 def _prepare(model: nn.Module, device: torch.device, cfg: BenchConfig, fast: bool) -> nn.Module:
-    from agn_cli.fast import prepare_model
+    from agn_cli.runtime.fast import prepare_model
 
     if not fast:
         import copy
@@ -319,7 +319,7 @@ def _train_step_fn(model: nn.Module, x: torch.Tensor, target: torch.Tensor, devi
         x = x.contiguous(memory_format=fmt)
     forward = model.forward_train
     if fast and compile:
-        from agn_cli.fast import compile_available
+        from agn_cli.runtime.fast import compile_available
 
         if compile_available():
             try:
@@ -345,7 +345,7 @@ def _train_step_fn(model: nn.Module, x: torch.Tensor, target: torch.Tensor, devi
 def _bench_model(model: nn.Module, entry: Any, size: tuple, device: torch.device, cfg: BenchConfig, say) -> dict[str, Any]:
     import copy
 
-    from agn_cli.fast import resolve_options
+    from agn_cli.runtime.fast import resolve_options
 
     in_channels = int(getattr(model, "in_channels", 1))
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -402,7 +402,7 @@ def _bench_model(model: nn.Module, entry: Any, size: tuple, device: torch.device
 
 
 def _bench_window(model: nn.Module, size: tuple, device: torch.device, cfg: BenchConfig, say) -> dict[str, Any]:
-    from agn_cli.inference import predict_volume, window_starts
+    from agn_cli.ct.sliding_window import predict_volume, window_starts
 
     scan = parse_size(cfg.scan_size or "256x256x160", 3, "--scan-size")
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -489,8 +489,8 @@ def synthetic_ct(size: Sequence[int], spacing: Sequence[float], seed: int = 0):
 
 
 def _e2e_card(model: nn.Module, size: tuple) -> Any:
-    from agn_cli.checkpoint import ModelCard
-    from agn_cli.preprocess import DEFAULT_CT_NORMALISATION
+    from agn_cli.runtime.checkpoint import ModelCard
+    from agn_cli.ct.preprocess import DEFAULT_CT_NORMALISATION
 
     config = dict(getattr(model, "agn_config", {}))
     num_classes = int(getattr(model, "num_classes", 4))
@@ -508,7 +508,7 @@ def _e2e_card(model: nn.Module, size: tuple) -> Any:
 
 
 def _bench_e2e(model: nn.Module, size: tuple, device: torch.device, cfg: BenchConfig, say) -> dict[str, Any]:
-    from agn_cli.segmentation import CaseOutputs, Segmenter, SegmentOptions, segment_case
+    from agn_cli.ct.segmenter import CaseOutputs, Segmenter, SegmentOptions, segment_case
 
     record: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="agn-bench-") as tmp:

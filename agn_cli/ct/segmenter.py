@@ -19,12 +19,12 @@ import SimpleITK as sitk
 import torch
 from torch import nn
 
-from agn_cli.checkpoint import ModelCard, load_checkpoint, resolve_checkpoint
+from agn_cli.runtime.checkpoint import ModelCard, load_checkpoint, resolve_checkpoint
 from agn_cli.errors import AgnError
-from agn_cli.inference import predict_volume
-from agn_cli.io.atomic import check_writable, full_suffix, write_text_atomic
-from agn_cli.io.volume import Geometry, read_volume, volume_stem, write_volume
-from agn_cli.preprocess import PreparedVolume, prepare_ct
+from agn_cli.ct.sliding_window import predict_volume
+from agn_cli.runtime.atomic import check_writable, full_suffix, write_text_atomic
+from agn_cli.ct.volume import Geometry, read_volume, volume_stem, write_volume
+from agn_cli.ct.preprocess import PreparedVolume, prepare_ct
 
 HU_MIN_WARN = -500.0  # CT air is about -1000 HU; a scan whose minimum is above this is probably not in HU
 HU_MAX_WARN = 100.0  # soft tissue / contrast / bone exceed this in any abdominal CT
@@ -129,7 +129,7 @@ class Segmenter:
 
     def __init__(self, model: nn.Module, card: ModelCard, device: torch.device, weights: Path | None = None, fast: bool = True):
         try:
-            from agn_cli.fast import prepare_model
+            from agn_cli.runtime.fast import prepare_model
         except ImportError:  # fast path being rebuilt: fall back to the plain eval-mode model
 
             def prepare_model(model: nn.Module, device: torch.device | str = "cpu", fast: bool = True) -> nn.Module:
@@ -329,7 +329,7 @@ def segment_case(
             written.append(write_volume(probability_image(result), outputs.probabilities, overwrite=overwrite))
             record["probabilities"] = str(outputs.probabilities)
         if outputs.preview:
-            from agn_cli.preview import render_preview
+            from agn_cli.viz.slices import render_preview
 
             attention_map = np.mean(list(result.attention.values()), axis=0) if result.attention else None
             written.append(
@@ -370,7 +370,7 @@ def probability_image(result: SegmentationResult) -> sitk.Image:
     """Class probabilities as a 4D image (x, y, z, class) on the model grid (canonical orientation, card spacing)."""
     assert result.probabilities is not None
     geometry = result.prepared.model_geometry
-    from agn_cli.io.volume import image_from_xyz
+    from agn_cli.ct.volume import image_from_xyz
 
     channels = [image_from_xyz(p, geometry) for p in result.probabilities]
     return sitk.JoinSeries(channels)

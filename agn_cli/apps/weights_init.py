@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from agn_cli.checkpoint import ModelCard, save_checkpoint
+from agn_cli.runtime.checkpoint import ModelCard, save_checkpoint
 from agn_cli.errors import AgnError
 
 DEFAULT_CT_PATCH = [160, 160, 96]  # x, y, z at 2 mm (Oktay et al. 2018 train on 160x160x96 crops)
@@ -68,7 +68,7 @@ def init_checkpoint(
 ) -> tuple[Path, ModelCard]:
     """Build `model` with a fixed seed and save it with a card describing how it must be fed."""
     from agn_cli.models import create_model, get_entry
-    from agn_cli.preprocess import DEFAULT_CT_NORMALISATION
+    from agn_cli.ct.preprocess import DEFAULT_CT_NORMALISATION
 
     try:
         entry = get_entry(model)

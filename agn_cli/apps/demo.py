@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 
 from agn_cli.errors import AgnError
-from agn_cli.preview import PALETTE
+from agn_cli.viz.slices import PALETTE
 
 ORGANS: dict[int, str] = {1: "spleen", 2: "kidney_right", 3: "kidney_left", 4: "liver", 5: "pancreas"}
 DEFAULT_OUTPUT = "agn-demo"
@@ -401,7 +401,7 @@ def ct_figure(
 
 def us_figure(items: list[dict[str, Any]], columns: int = 5, tile: tuple[int, int] = (224, 288)) -> np.ndarray:
     """Frames with the attention heat map, the predicted box (green), the true box (yellow) and both labels."""
-    from agn_cli.classification import overlay_image
+    from agn_cli.us.classifier import overlay_image
 
     th, tw = tile
     tiles = []
@@ -433,7 +433,7 @@ def us_figure(items: list[dict[str, Any]], columns: int = 5, tile: tuple[int, in
 
 
 def write_png(path: Path, image: np.ndarray) -> Path:
-    from agn_cli.io.atomic import atomic_path
+    from agn_cli.runtime.atomic import atomic_path
 
     ok, encoded = cv2.imencode(".png", image)
     if not ok:
@@ -510,8 +510,8 @@ def _read_metrics(path: Path) -> list[dict[str, str]]:
 
 def _canonical_label(label: Any, geometry: Any) -> np.ndarray:
     """The reference label map on the model grid (canonical LPS, model spacing), nearest neighbour, (x, y, z)."""
-    from agn_cli.io.volume import array_xyz
-    from agn_cli.preprocess import resample_to_geometry, to_canonical
+    from agn_cli.ct.volume import array_xyz
+    from agn_cli.ct.preprocess import resample_to_geometry, to_canonical
 
     return np.ascontiguousarray(array_xyz(resample_to_geometry(to_canonical(label), geometry, is_label=True)))
 
@@ -521,9 +521,9 @@ def segment_and_evaluate(
 ) -> dict[str, Any]:
     """`agn segment` + `agn evaluate seg` on one case, in memory: mask on the input grid, metrics per organ,
     and the model-resolution arrays for the figure."""
-    from agn_cli.io.volume import write_volume
+    from agn_cli.ct.volume import write_volume
     from agn_cli.metrics.segmentation import evaluate_segmentation
-    from agn_cli.segmentation import Segmenter, SegmentOptions
+    from agn_cli.ct.segmenter import Segmenter, SegmentOptions
 
     segmenter = Segmenter.from_checkpoint(weights, device)
     # match the model's organs to the phantom's by name (another model may number them differently)
@@ -587,10 +587,10 @@ def _default_ct_cost(weights: Path, image: Any, device: Any) -> tuple[float, int
 
     import torch
 
-    from agn_cli.checkpoint import load_checkpoint
-    from agn_cli.fast import prepare_model
-    from agn_cli.inference import window_starts
-    from agn_cli.preprocess import prepare_ct
+    from agn_cli.runtime.checkpoint import load_checkpoint
+    from agn_cli.runtime.fast import prepare_model
+    from agn_cli.ct.sliding_window import window_starts
+    from agn_cli.ct.preprocess import prepare_ct
 
     model, card = load_checkpoint(weights, device="cpu")
     prepared = prepare_ct(image, card)
@@ -609,7 +609,7 @@ def segment_step(work: Path, cfg: DemoConfig, device: Any) -> dict[str, Any]:
     """Segment the held-out phantom with the demo's model and, when installed and cheap enough, the default model."""
     import SimpleITK as sitk
 
-    from agn_cli.checkpoint import find_default_weights
+    from agn_cli.runtime.checkpoint import find_default_weights
 
     image = sitk.ReadImage(str(work / "data" / "ct-test" / "test_0000.nii.gz"))
     label = sitk.ReadImage(str(work / "data" / "ct-test" / "test_0000_label.nii.gz"))
@@ -696,8 +696,8 @@ def _read_csv_rows(path: Path) -> list[dict[str, str]]:
 
 def classify_step(work: Path, cfg: DemoConfig, device: Any) -> dict[str, Any]:
     """`agn classify --boxes` on the held-out frames with the demo's classifier; accuracy, confusion, box IoU."""
-    from agn_cli.classification import Classifier, classify_inputs
-    from agn_cli.localisation import LocalisationParams, box_iou, localisation_table
+    from agn_cli.us.classifier import Classifier, classify_inputs
+    from agn_cli.us.localisation import LocalisationParams, box_iou, localisation_table
 
     test_dir = work / "data" / "us-test"
     truth = {row["path"]: row["label"] for row in _read_csv_rows(test_dir / "labels.csv")}
@@ -734,7 +734,7 @@ def classify_step(work: Path, cfg: DemoConfig, device: Any) -> dict[str, Any]:
         for it in items
     ]
     (work / "results" / "us").mkdir(parents=True, exist_ok=True)
-    from agn_cli.io.atomic import write_text_atomic
+    from agn_cli.runtime.atomic import write_text_atomic
 
     write_text_atomic(work / "results" / "us" / "predictions.json",
                       json.dumps(_json_safe({"classes": classes, "frames": frames}), indent=2) + "\n", overwrite=True)
@@ -755,7 +755,7 @@ def classify_step(work: Path, cfg: DemoConfig, device: Any) -> dict[str, Any]:
 
 def bench_step(cfg: DemoConfig) -> dict[str, Any]:
     """`agn bench --stage model --compare-eager` for the demo's networks at a couple of sizes (forward, batch 1)."""
-    from agn_cli.benchmark import BenchConfig, run_benchmark
+    from agn_cli.apps.bench import BenchConfig, run_benchmark
 
     jobs: list[tuple[str, str, dict[str, Any]]] = []
     for size in cfg.bench_sizes:
@@ -1002,8 +1002,8 @@ def _figures(work: Path, seg: dict[str, Any], cls: dict[str, Any], bench: dict[s
         else:  # another spacing: bring it onto the demo model's grid for the side-by-side view
             import SimpleITK as sitk
 
-            from agn_cli.io.volume import array_xyz, image_from_xyz
-            from agn_cli.preprocess import resample_to_geometry
+            from agn_cli.ct.volume import array_xyz, image_from_xyz
+            from agn_cli.ct.preprocess import resample_to_geometry
 
             src = image_from_xyz(d_arr["pred"].astype(np.uint8), d_arr["geometry"])
             moved = resample_to_geometry(src, arrays["geometry"], is_label=True, pixel_type=sitk.sitkUInt8)
@@ -1012,7 +1012,7 @@ def _figures(work: Path, seg: dict[str, Any], cls: dict[str, Any], bench: dict[s
               ct_figure(arrays["ct"], arrays["ref"], predictions, arrays["attention"], arrays["spacing"]))
     figures["ct"] = "figures/ct_segmentation.png"
     if arrays["attention"] is not None:
-        from agn_cli.preview import render_preview
+        from agn_cli.viz.slices import render_preview
 
         render_preview(arrays["ct"], arrays["pred"], arrays["attention"], arrays["spacing"], fig_dir / "ct_preview.png",
                        overwrite=True, title="test_0000 (demo model)")
@@ -1070,8 +1070,8 @@ def run_demo(
 ) -> dict[str, Any]:
     """Run every step, write the report, summary.json, figures, data and weights into `output`; return the summary."""
     from agn_cli import __version__
-    from agn_cli.device import configure_cpu_threads, device_name, resolve_device
-    from agn_cli.io.atomic import write_text_atomic
+    from agn_cli.runtime.device import configure_cpu_threads, device_name, resolve_device
+    from agn_cli.runtime.atomic import write_text_atomic
 
     cfg = cfg or DemoConfig.default()
     output = Path(output).expanduser()

@@ -23,7 +23,7 @@ from torch import nn
 
 from agn_cli import __version__
 from agn_cli.errors import AgnError
-from agn_cli.io.atomic import atomic_path, check_writable
+from agn_cli.runtime.atomic import atomic_path, check_writable
 
 CARD_FORMAT = 1
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth")
@@ -225,7 +225,7 @@ def load_checkpoint(path: Path | str, device: str | torch.device = "cpu", verify
 def weights_dirs() -> list[Path]:
     """Where installed weights live: $AGN_WEIGHTS (os.pathsep-separated) then the project's weights/ folder."""
     dirs = [Path(p) for p in os.environ.get("AGN_WEIGHTS", "").split(os.pathsep) if p]
-    dirs.append(Path(__file__).resolve().parents[1] / "weights")
+    dirs.append(Path(__file__).resolve().parents[2] / "weights")
     return [d for d in dirs if d.is_dir()]
 
 

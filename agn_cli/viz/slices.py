@@ -13,7 +13,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from agn_cli.io.atomic import atomic_path
+from agn_cli.runtime.atomic import atomic_path
 
 # BGR colours for label ids 1.. (cycled)
 PALETTE = np.array(

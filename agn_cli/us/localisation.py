@@ -19,7 +19,7 @@ from typing import Literal, Mapping
 import cv2
 import numpy as np
 
-from agn_cli.frame_preprocess import FrameGeometry
+from agn_cli.us.preprocess import FrameGeometry
 
 Selection = Literal["overlap", "strongest", "largest"]
 Normalise = Literal["max", "minmax"]

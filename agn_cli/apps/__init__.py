@@ -1,0 +1,1 @@
+"""Applications built on the library: benchmarks, the demo, system info, random-weight checkpoints."""

@@ -1,1 +1,0 @@
-"""File formats in and out: volumes (CT), frames (ultrasound), checkpoints, atomic writes."""

@@ -1,0 +1,1 @@
+"""Ultrasound: frame I/O, frame preprocessing, plane classifier, boxes from attention, SonoNet conversion."""

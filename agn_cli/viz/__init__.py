@@ -1,0 +1,1 @@
+"""Pictures a person checks results with: CT slice previews, frame overlays."""
