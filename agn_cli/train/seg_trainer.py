@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from agn_cli.runtime.checkpoint import ModelCard, save_checkpoint
 from agn_cli.errors import AgnError
 from agn_cli.models.attention_gate import NORMS
-from agn_cli.models.unet3d import LEVELS
+from agn_cli.models.unet import LEVELS
 from agn_cli.train import distributed as D
 from agn_cli.train.augment import AugmentConfig, augment_sample
 from agn_cli.train.cache import CachedCase, cache_cases, foreground_normalisation, load_cached
