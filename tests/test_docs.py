@@ -1,4 +1,4 @@
-"""The README stays a short front door that warns about clinical use up front, and no relative link in the docs dangles."""
+"""The README stays a short front door that warns about clinical use up front; no relative docs link dangles."""
 
 from __future__ import annotations
 
@@ -42,7 +42,9 @@ def _relative_links(path: Path) -> list[str]:
 def test_readme_is_a_short_front_door():
     lines = README.read_text(encoding="utf-8").splitlines()
     assert len(lines) <= 250, f"README.md has {len(lines)} lines; move detail into docs/ (limit 250)"
-    assert any("clinical" in line.lower() for line in lines[:20]), "README.md must say 'not for clinical use' in its first 20 lines"
+    assert any("clinical" in line.lower() for line in lines[:20]), (
+        "README.md must say 'not for clinical use' in its first 20 lines"
+    )
 
 
 def test_docs_exist():
