@@ -63,6 +63,7 @@ def _relaunch(gpus: int) -> bool:
 
 @app.command("seg")
 def seg(
+    ctx: typer.Context,
     dataset: Path = typer.Argument(..., help="nnU-Net v2 or MSD dataset folder (dataset.json, imagesTr/, labelsTr/)."),
     output: Path = typer.Option(..., "-o", "--output", help="Run folder: best/latest checkpoints, metrics.csv, config.json."),
     model: str = typer.Option("attention-unet3d", "--model", help="attention-unet3d or unet3d."),
@@ -120,66 +121,36 @@ def seg(
 
     if loss not in ("dice", "dice+ce"):
         raise AgnError(f"--loss '{loss}' must be dice or dice+ce")
-    if gpus > 1 and device == "auto":
-        device = "cuda"
-    aug = AugmentConfig.off() if no_augment else AugmentConfig(
-        p_affine=p_affine,
-        rotation=rotation,
-        scale=scale,
-        translation=translation,
-        flip_axes=parse_axes(flip),
-        intensity_scale=intensity,
-        intensity_shift=intensity,
-        noise_std=noise,
-        p_blur=p_blur,
-        p_lowres=p_lowres,
-        p_gamma=p_gamma,
-    )
     for name, value in (("--p-blur", p_blur), ("--p-lowres", p_lowres), ("--p-gamma", p_gamma)):
         if not 0.0 <= value <= 1.0:
             raise AgnError(f"{name} {value:g} is a probability: give a value from 0 to 1")
-    cfg = SegTrainConfig(
-        dataset=str(Path(dataset).expanduser().resolve()),
-        output=str(output),
-        model=model,
-        base_filters=base_filters,
-        norm=norm,
-        epochs=epochs,
-        steps_per_epoch=steps_per_epoch,
-        batch_size=batch_size,
-        accumulate=accumulate,
-        patch=parse_triple(patch, "--patch", int),
-        spacing=parse_triple(spacing, "--spacing", float),
-        optimizer=optimizer,
-        lr=lr,
-        weight_decay=weight_decay,
-        schedule=schedule,
-        step_size=step_size,
-        gamma=gamma,
-        ce_weight=1.0 if loss == "dice+ce" else 0.0,
-        include_background=include_background,
-        deep_supervision=deep_supervision,
-        p_foreground=fg_oversample,
-        augment=aug.to_dict(),
-        precision=precision,
-        grad_clip=grad_clip,
-        val_fraction=val_fraction,
-        fold=fold,
-        folds=folds,
-        val_every=max(1, val_every),
-        seed=seed,
-        workers=workers,
-        device=device,
-        cache_dir=str(cache) if cache else None,
+    same = ("p_affine", "rotation", "scale", "translation", "p_blur", "p_lowres", "p_gamma")
+    aug = AugmentConfig.off() if no_augment else AugmentConfig(
+        **{k: ctx.params[k] for k in same}, flip_axes=parse_axes(flip), intensity_scale=intensity,
+        intensity_shift=intensity, noise_std=noise,
     )
-    if optimizer not in ("adam", "sgd"):
-        raise AgnError(f"--optimizer '{optimizer}' must be adam or sgd")
-    if schedule not in ("poly", "step", "constant"):
-        raise AgnError(f"--schedule '{schedule}' must be poly, step or constant")
-    summary = train_seg(
-        cfg, resume=resume, overwrite=overwrite, progress=not no_progress and not as_json, log=note, stop_after=stop_after
-    )
-    _finish(summary, as_json, "segment")
+    _train(ctx, SegTrainConfig, train_seg, "segment", aug, patch=parse_triple(patch, "--patch", int),
+           spacing=parse_triple(spacing, "--spacing", float), ce_weight=1.0 if loss == "dice+ce" else 0.0,
+           p_foreground=fg_oversample)
+
+
+def _train(ctx: typer.Context, config_class, train, command: str, augment, **parsed) -> None:
+    """Options named like the run config's fields go through as they are, `parsed` holds those the CLI converts;
+    train, then report (rank 0)."""
+    p = ctx.params
+    cfg = config_class.from_dict({
+        **p,
+        "dataset": str(Path(p["dataset"]).expanduser().resolve()),
+        "output": str(p["output"]),
+        "device": "cuda" if p["gpus"] > 1 and p["device"] == "auto" else p["device"],
+        "val_every": max(1, p["val_every"]),
+        "cache_dir": str(p["cache"]) if p["cache"] else None,
+        "augment": augment.to_dict(),
+        **parsed,
+    })
+    summary = train(cfg, resume=p["resume"], overwrite=p["overwrite"], progress=not p["no_progress"] and not p["as_json"],
+                    log=note, stop_after=p["stop_after"])
+    _finish(summary, p["as_json"], command)
 
 
 def _finish(summary: dict, as_json: bool, command: str) -> None:
@@ -204,6 +175,7 @@ def parse_pair(text: str, what: str) -> tuple[int, int]:
 
 @app.command("cls")
 def cls(
+    ctx: typer.Context,
     dataset: Path = typer.Argument(..., help="Folder per class, a CSV (path,label) or FETAL_PLANES_DB_data.csv (or its folder)."),
     output: Path = typer.Option(..., "-o", "--output", help="Run folder: best/latest checkpoints, metrics.csv, config.json."),
     model: str = typer.Option("ag-sononet-16", "--model", help="ag-sononet-8|16|32 or sononet-8|16|32."),
@@ -257,22 +229,9 @@ def cls(
 
     if aggregation not in AGGREGATIONS:
         raise AgnError(f"--aggregation '{aggregation}' must be one of {', '.join(AGGREGATIONS)}")
-    if gpus > 1 and device == "auto":
-        device = "cuda"
     aug = AugmentConfig.off() if no_augment else AugmentConfig(
         rotation=rotation, scale=scale, translation=0.0, flip_axes=(1,) if flip else (),
         intensity_scale=intensity, intensity_shift=intensity, noise_std=0.0,
     )
-    cfg = ClsTrainConfig(
-        dataset=str(Path(dataset).expanduser().resolve()), output=str(output), model=model, base_filters=base_filters,
-        aggregation=aggregation, init=str(init) if init else None, freeze_backbone=freeze_backbone, epochs=epochs,
-        steps_per_epoch=steps_per_epoch, batch_size=batch_size, accumulate=accumulate, size=parse_pair(size, "--size"),
-        crop_size=parse_pair(crop_size, "--crop-size"), crop=crop, optimizer=optimizer, lr=lr, momentum=momentum,
-        weight_decay=weight_decay, warmup_epochs=warmup_epochs, warmup_lr=warmup_lr, step_size=step_size, gamma=gamma,
-        background=background, background_weight=background_weight, augment=aug.to_dict(), precision=precision,
-        grad_clip=grad_clip, val_fraction=val_fraction, val_every=max(1, val_every), seed=seed, workers=workers,
-        device=device, cache_dir=str(cache) if cache else None,
-    )
-    summary = train_cls(cfg, resume=resume, overwrite=overwrite, progress=not no_progress and not as_json, log=note,
-                        stop_after=stop_after)
-    _finish(summary, as_json, "classify")
+    _train(ctx, ClsTrainConfig, train_cls, "classify", aug, init=str(init) if init else None,
+           size=parse_pair(size, "--size"), crop_size=parse_pair(crop_size, "--crop-size"))

@@ -255,9 +255,6 @@ class ClsTask(TrainTask):
         return {"classes": self.classes}
 
 
-def train_cls(
-    cfg: ClsTrainConfig, resume: bool = False, overwrite: bool = False, progress: bool = True,
-    log: Callable[[str], None] | None = None, stop_after: int | None = None,
-) -> dict[str, Any]:
-    """Train a plane classifier with the shared loop (`run_training`); safe under torchrun."""
-    return run_training(ClsTask(), cfg, resume, overwrite, progress, log, stop_after)
+def train_cls(cfg: ClsTrainConfig, **options: Any) -> dict[str, Any]:
+    """Train a plane classifier with the shared loop; `options` are `run_training`'s (resume, overwrite, ...)."""
+    return run_training(ClsTask(), cfg, **options)

@@ -250,13 +250,6 @@ class SegTask(TrainTask):
         return {"patch": list(self.patch), "normalisation": self.normalisation}
 
 
-def train_seg(
-    cfg: SegTrainConfig,
-    resume: bool = False,
-    overwrite: bool = False,
-    progress: bool = True,
-    log: Callable[[str], None] | None = None,
-    stop_after: int | None = None,
-) -> dict[str, Any]:
-    """Train a segmentation network with the shared loop (`run_training`); safe under torchrun."""
-    return run_training(SegTask(), cfg, resume, overwrite, progress, log, stop_after)
+def train_seg(cfg: SegTrainConfig, **options: Any) -> dict[str, Any]:
+    """Train a segmentation network with the shared loop; `options` are `run_training`'s (resume, overwrite, ...)."""
+    return run_training(SegTask(), cfg, **options)
