@@ -15,6 +15,27 @@ from agn_cli.errors import AgnError
 app = typer.Typer(no_args_is_help=True)
 
 
+# options both commands take, declared once
+OUTPUT = typer.Option(..., "-o", "--output", help="Run folder: best/latest checkpoints, metrics.csv, config.json.")
+EPOCHS = typer.Option(300, "--epochs")
+ACCUMULATE = typer.Option(1, "--accumulate", help="Split each rank's share into K micro-batches (less memory, same batch).")
+WEIGHT_DECAY = typer.Option(0.0, "--weight-decay")
+GAMMA = typer.Option(0.1, "--gamma", help="Learning-rate factor every --step-size epochs.")
+NO_AUGMENT = typer.Option(False, "--no-augment", help="Switch all augmentation off.")
+PRECISION = typer.Option("auto", "--precision", help="auto (bf16 on CUDA, fp32 on CPU), bf16, fp16 or fp32.")
+VAL_EVERY = typer.Option(1, "--val-every", help="Validate every N epochs (and after the last).")
+SEED = typer.Option(0, "--seed")
+WORKERS = typer.Option(0, "--workers", help="Data-loader worker processes per rank.")
+DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N.")
+GPUS = typer.Option(1, "--gpus", help="Start N processes on this node with torchrun (one per GPU).")
+CACHE = typer.Option(None, "--cache", help="Preprocessed-array cache folder (default RUN/cache).")
+RESUME = typer.Option(False, "--resume", help="Continue the run in -o from latest_state.pt.")
+OVERWRITE = typer.Option(False, "--overwrite", help="Start over in an existing run folder.")
+STOP_AFTER = typer.Option(None, "--stop-after", help="Stop after N epochs in this session (continue later with --resume).")
+NO_PROGRESS = typer.Option(False, "--no-progress", help="No progress bar (epoch lines only).")
+AS_JSON = typer.Option(False, "--json", help="Print the final summary as JSON on stdout.")
+
+
 @app.callback()
 def callback() -> None:
     """Train a segmentation network (CT) or a plane classifier (ultrasound)."""
@@ -65,22 +86,22 @@ def _relaunch(gpus: int) -> bool:
 def seg(
     ctx: typer.Context,
     dataset: Path = typer.Argument(..., help="nnU-Net v2 or MSD dataset folder (dataset.json, imagesTr/, labelsTr/)."),
-    output: Path = typer.Option(..., "-o", "--output", help="Run folder: best/latest checkpoints, metrics.csv, config.json."),
+    output: Path = OUTPUT,
     model: str = typer.Option("attention-unet3d", "--model", help="attention-unet3d or unet3d."),
     base_filters: int = typer.Option(16, "--base-filters", help="Filters of the first level (paper: 16)."),
     norm: str = typer.Option("batch", "--norm", help="batch (paper) or instance (per-patch statistics, as nnU-Net)."),
-    epochs: int = typer.Option(300, "--epochs"),
+    epochs: int = EPOCHS,
     steps_per_epoch: int = typer.Option(250, "--steps-per-epoch", help="Optimiser steps per epoch."),
     batch_size: int = typer.Option(2, "--batch-size", help="Global batch per optimiser step, split across ranks."),
-    accumulate: int = typer.Option(1, "--accumulate", help="Split each rank's share into K micro-batches (less memory, same batch)."),
+    accumulate: int = ACCUMULATE,
     patch: str = typer.Option("160x160x96", "--patch", help="Patch size x,y,z in voxels; clipped to the smallest volume."),
     spacing: str = typer.Option("2.0", "--spacing", help="Target spacing in mm: one number or XxYxZ."),
     optimizer: str = typer.Option("adam", "--optimizer", help="adam (paper) or sgd (Nesterov, momentum 0.9)."),
     lr: float = typer.Option(1e-4, "--lr", help="Learning rate (paper: 1e-4 with Adam)."),
-    weight_decay: float = typer.Option(0.0, "--weight-decay"),
+    weight_decay: float = WEIGHT_DECAY,
     schedule: str = typer.Option("poly", "--schedule", help="poly, step or constant."),
     step_size: int = typer.Option(100, "--step-size", help="Epochs between x --gamma decays (step schedule)."),
-    gamma: float = typer.Option(0.1, "--gamma"),
+    gamma: float = GAMMA,
     loss: str = typer.Option("dice+ce", "--loss", help="dice or dice+ce."),
     include_background: bool = typer.Option(False, "--include-background", help="Count background in the Dice loss."),
     deep_supervision: str = typer.Option("aux", "--deep-supervision", help="aux (side losses, weights 1/2^i), fused (paper) or none."),
@@ -95,23 +116,23 @@ def seg(
     p_blur: float = typer.Option(0.0, "--p-blur", help="Probability of a Gaussian blur, sigma 0.5-1 voxel (nnU-Net: 0.2)."),
     p_lowres: float = typer.Option(0.0, "--p-lowres", help="Probability of simulated low resolution, zoom 0.5-1 (nnU-Net: 0.25)."),
     p_gamma: float = typer.Option(0.0, "--p-gamma", help="Probability of a gamma transform, gamma 0.7-1.5 (nnU-Net: 0.3)."),
-    no_augment: bool = typer.Option(False, "--no-augment", help="Switch all augmentation off."),
-    precision: str = typer.Option("auto", "--precision", help="auto (bf16 on CUDA, fp32 on CPU), bf16, fp16 or fp32."),
+    no_augment: bool = NO_AUGMENT,
+    precision: str = PRECISION,
     grad_clip: float = typer.Option(12.0, "--grad-clip", help="Max gradient norm (0: off)."),
     val_fraction: float = typer.Option(0.2, "--val-fraction", help="Fraction of cases held out (seeded)."),
     fold: Optional[int] = typer.Option(None, "--fold", help="Use fold K of --folds as validation instead."),
     folds: int = typer.Option(5, "--folds"),
-    val_every: int = typer.Option(1, "--val-every", help="Validate every N epochs (and after the last)."),
-    seed: int = typer.Option(0, "--seed"),
-    workers: int = typer.Option(0, "--workers", help="Data-loader worker processes per rank."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
-    gpus: int = typer.Option(1, "--gpus", help="Start N processes on this node with torchrun (one per GPU)."),
-    cache: Optional[Path] = typer.Option(None, "--cache", help="Preprocessed-array cache folder (default RUN/cache)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in -o from latest_state.pt."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Start over in an existing run folder."),
-    stop_after: Optional[int] = typer.Option(None, "--stop-after", help="Stop after N epochs in this session (continue later with --resume)."),
-    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar (epoch lines only)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the final summary as JSON on stdout."),
+    val_every: int = VAL_EVERY,
+    seed: int = SEED,
+    workers: int = WORKERS,
+    device: str = DEVICE,
+    gpus: int = GPUS,
+    cache: Optional[Path] = CACHE,
+    resume: bool = RESUME,
+    overwrite: bool = OVERWRITE,
+    stop_after: Optional[int] = STOP_AFTER,
+    no_progress: bool = NO_PROGRESS,
+    as_json: bool = AS_JSON,
 ) -> None:
     """Train Attention U-Net / U-Net 3D on CT; `agn segment --weights RUN` then uses the best checkpoint."""
     if _relaunch(gpus):
@@ -177,48 +198,48 @@ def parse_pair(text: str, what: str) -> tuple[int, int]:
 def cls(
     ctx: typer.Context,
     dataset: Path = typer.Argument(..., help="Folder per class, a CSV (path,label) or FETAL_PLANES_DB_data.csv (or its folder)."),
-    output: Path = typer.Option(..., "-o", "--output", help="Run folder: best/latest checkpoints, metrics.csv, config.json."),
+    output: Path = OUTPUT,
     model: str = typer.Option("ag-sononet-16", "--model", help="ag-sononet-8|16|32 or sononet-8|16|32."),
     base_filters: Optional[int] = typer.Option(None, "--base-filters", help="Override the model's first-stage width."),
     aggregation: str = typer.Option("deep-sup", "--aggregation", help="mean, concat, deep-sup or ft (AG-Sononet)."),
     init: Optional[Path] = typer.Option(None, "--init", help="Start from this run's best checkpoint (the FT procedure)."),
     freeze_backbone: bool = typer.Option(True, "--freeze-backbone/--train-backbone", help="With --aggregation ft: train only the new head."),
-    epochs: int = typer.Option(300, "--epochs"),
+    epochs: int = EPOCHS,
     steps_per_epoch: Optional[int] = typer.Option(None, "--steps-per-epoch", help="Default: one pass over the training images."),
     batch_size: int = typer.Option(64, "--batch-size", help="Global batch, split across ranks."),
-    accumulate: int = typer.Option(1, "--accumulate", help="Micro-batches per rank per step."),
+    accumulate: int = ACCUMULATE,
     size: str = typer.Option("224x288", "--size", help="Frames are resized to ROWSxCOLS."),
     crop_size: str = typer.Option("208x272", "--crop-size", help="Random training crop ROWSxCOLS."),
     crop: str = typer.Option("none", "--crop", help="Frame crop before resizing: none or sononet (SonoNet screen captures)."),
     optimizer: str = typer.Option("sgd", "--optimizer", help="sgd (Nesterov, paper) or adam."),
     lr: float = typer.Option(0.1, "--lr"),
     momentum: float = typer.Option(0.9, "--momentum"),
-    weight_decay: float = typer.Option(0.0, "--weight-decay"),
+    weight_decay: float = WEIGHT_DECAY,
     warmup_epochs: int = typer.Option(5, "--warmup-epochs", help="Epochs at --warmup-lr first (paper: 5)."),
     warmup_lr: float = typer.Option(0.01, "--warmup-lr"),
     step_size: int = typer.Option(100, "--step-size", help="x --gamma every N epochs (paper: 100)."),
-    gamma: float = typer.Option(0.1, "--gamma"),
+    gamma: float = GAMMA,
     background: Optional[str] = typer.Option(None, "--background", help="Background class name (default: 'Other'/'background' if present; 'none')."),
     background_weight: Optional[float] = typer.Option(None, "--background-weight", help="Sampling weight of the whole background class (default: number of other classes, as the paper's 13/n_bg)."),
     rotation: float = typer.Option(10.0, "--rotation"),
     scale: float = typer.Option(0.1, "--scale"),
     flip: bool = typer.Option(True, "--flip/--no-flip", help="Random horizontal flips."),
     intensity: float = typer.Option(0.1, "--intensity"),
-    no_augment: bool = typer.Option(False, "--no-augment"),
-    precision: str = typer.Option("auto", "--precision"),
+    no_augment: bool = NO_AUGMENT,
+    precision: str = PRECISION,
     grad_clip: float = typer.Option(0.0, "--grad-clip"),
     val_fraction: float = typer.Option(0.2, "--val-fraction", help="Ignored for FETAL_PLANES_DB (its Train flag is used)."),
-    val_every: int = typer.Option(1, "--val-every"),
-    seed: int = typer.Option(0, "--seed"),
-    workers: int = typer.Option(0, "--workers"),
-    device: str = typer.Option("auto", "--device"),
-    gpus: int = typer.Option(1, "--gpus", help="Start N processes on this node with torchrun."),
-    cache: Optional[Path] = typer.Option(None, "--cache"),
-    resume: bool = typer.Option(False, "--resume"),
-    overwrite: bool = typer.Option(False, "--overwrite"),
-    stop_after: Optional[int] = typer.Option(None, "--stop-after", help="Stop after N epochs in this session."),
-    no_progress: bool = typer.Option(False, "--no-progress"),
-    as_json: bool = typer.Option(False, "--json"),
+    val_every: int = VAL_EVERY,
+    seed: int = SEED,
+    workers: int = WORKERS,
+    device: str = DEVICE,
+    gpus: int = GPUS,
+    cache: Optional[Path] = CACHE,
+    resume: bool = RESUME,
+    overwrite: bool = OVERWRITE,
+    stop_after: Optional[int] = STOP_AFTER,
+    no_progress: bool = NO_PROGRESS,
+    as_json: bool = AS_JSON,
 ) -> None:
     """Train a SonoNet / AG-Sononet plane classifier; `agn classify --weights RUN` then uses the best checkpoint."""
     if _relaunch(gpus):
