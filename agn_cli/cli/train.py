@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -23,17 +24,30 @@ WEIGHT_DECAY = typer.Option(0.0, "--weight-decay")
 GAMMA = typer.Option(0.1, "--gamma", help="Learning-rate factor every --step-size epochs.")
 NO_AUGMENT = typer.Option(False, "--no-augment", help="Switch all augmentation off.")
 PRECISION = typer.Option("auto", "--precision", help="auto (bf16 on CUDA, fp32 on CPU), bf16, fp16 or fp32.")
-VAL_EVERY = typer.Option(1, "--val-every", help="Validate every N epochs (and after the last).")
-SEED = typer.Option(0, "--seed")
-WORKERS = typer.Option(0, "--workers", help="Data-loader worker processes per rank.")
-DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N.")
-GPUS = typer.Option(1, "--gpus", help="Start N processes on this node with torchrun (one per GPU).")
-CACHE = typer.Option(None, "--cache", help="Preprocessed-array cache folder (default RUN/cache).")
-RESUME = typer.Option(False, "--resume", help="Continue the run in -o from latest_state.pt.")
-OVERWRITE = typer.Option(False, "--overwrite", help="Start over in an existing run folder.")
-STOP_AFTER = typer.Option(None, "--stop-after", help="Stop after N epochs in this session (continue later with --resume).")
-NO_PROGRESS = typer.Option(False, "--no-progress", help="No progress bar (epoch lines only).")
-AS_JSON = typer.Option(False, "--json", help="Print the final summary as JSON on stdout.")
+SESSION_OPTIONS = (  # (name, type, option): appended to every train command by `session_options`
+    ("val_every", int, typer.Option(1, "--val-every", help="Validate every N epochs (and after the last).")),
+    ("seed", int, typer.Option(0, "--seed")),
+    ("workers", int, typer.Option(0, "--workers", help="Data-loader worker processes per rank.")),
+    ("device", str, typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N.")),
+    ("gpus", int, typer.Option(1, "--gpus", help="Start N processes on this node with torchrun (one per GPU).")),
+    ("cache", Optional[Path], typer.Option(None, "--cache", help="Preprocessed-array cache folder (default RUN/cache).")),
+    ("resume", bool, typer.Option(False, "--resume", help="Continue the run in -o from latest_state.pt.")),
+    ("overwrite", bool, typer.Option(False, "--overwrite", help="Start over in an existing run folder.")),
+    ("stop_after", Optional[int], typer.Option(None, "--stop-after", help="Stop after N epochs in this session (continue later with --resume).")),
+    ("no_progress", bool, typer.Option(False, "--no-progress", help="No progress bar (epoch lines only).")),
+    ("as_json", bool, typer.Option(False, "--json", help="Print the final summary as JSON on stdout.")),
+)
+
+
+def session_options(command):
+    """Append SESSION_OPTIONS (devices, caching, resume, output format) to a train command's signature; their values
+    arrive in the command's `**run` and, with all other options, in `ctx.params`."""
+    signature = inspect.signature(command, eval_str=True)
+    own = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
+             for name, annotation, option in SESSION_OPTIONS]
+    command.__signature__ = signature.replace(parameters=own + extra)
+    return command
 
 
 @app.callback()
@@ -83,6 +97,7 @@ def _relaunch(gpus: int) -> bool:
 
 
 @app.command("seg")
+@session_options
 def seg(
     ctx: typer.Context,
     dataset: Path = typer.Argument(..., help="nnU-Net v2 or MSD dataset folder (dataset.json, imagesTr/, labelsTr/)."),
@@ -122,20 +137,10 @@ def seg(
     val_fraction: float = typer.Option(0.2, "--val-fraction", help="Fraction of cases held out (seeded)."),
     fold: Optional[int] = typer.Option(None, "--fold", help="Use fold K of --folds as validation instead."),
     folds: int = typer.Option(5, "--folds"),
-    val_every: int = VAL_EVERY,
-    seed: int = SEED,
-    workers: int = WORKERS,
-    device: str = DEVICE,
-    gpus: int = GPUS,
-    cache: Optional[Path] = CACHE,
-    resume: bool = RESUME,
-    overwrite: bool = OVERWRITE,
-    stop_after: Optional[int] = STOP_AFTER,
-    no_progress: bool = NO_PROGRESS,
-    as_json: bool = AS_JSON,
+    **run: Any,
 ) -> None:
     """Train Attention U-Net / U-Net 3D on CT; `agn segment --weights RUN` then uses the best checkpoint."""
-    if _relaunch(gpus):
+    if _relaunch(run["gpus"]):
         return
     from agn_cli.train.augment import AugmentConfig
     from agn_cli.train.seg_trainer import SegTrainConfig, train_seg
@@ -195,6 +200,7 @@ def parse_pair(text: str, what: str) -> tuple[int, int]:
 
 
 @app.command("cls")
+@session_options
 def cls(
     ctx: typer.Context,
     dataset: Path = typer.Argument(..., help="Folder per class, a CSV (path,label) or FETAL_PLANES_DB_data.csv (or its folder)."),
@@ -229,20 +235,10 @@ def cls(
     precision: str = PRECISION,
     grad_clip: float = typer.Option(0.0, "--grad-clip"),
     val_fraction: float = typer.Option(0.2, "--val-fraction", help="Ignored for FETAL_PLANES_DB (its Train flag is used)."),
-    val_every: int = VAL_EVERY,
-    seed: int = SEED,
-    workers: int = WORKERS,
-    device: str = DEVICE,
-    gpus: int = GPUS,
-    cache: Optional[Path] = CACHE,
-    resume: bool = RESUME,
-    overwrite: bool = OVERWRITE,
-    stop_after: Optional[int] = STOP_AFTER,
-    no_progress: bool = NO_PROGRESS,
-    as_json: bool = AS_JSON,
+    **run: Any,
 ) -> None:
     """Train a SonoNet / AG-Sononet plane classifier; `agn classify --weights RUN` then uses the best checkpoint."""
-    if _relaunch(gpus):
+    if _relaunch(run["gpus"]):
         return
     from agn_cli.models.sononet import AGGREGATIONS
     from agn_cli.train.augment import AugmentConfig
