@@ -3,8 +3,9 @@
 SGD with Nesterov momentum 0.9, lr 0.1 with a warm start at 0.01 for 5 epochs, x0.1 every 100 epochs; each class
 sampled with probability 1/n_c per image (background weighted separately); random 208x272 crops of the 224x288
 preprocessed frame. `--aggregation ft` with `--init RUN` is the paper's FT procedure: per-scale heads from a
-deep-sup (or mean) run, then the concatenated head fine-tuned. Validation on the full 224x288 frame.
-Sample k draws from `default_rng([seed, k])`, as in segmentation, so resume and DDP see the same stream.
+deep-sup (or mean) run, then the concatenated head fine-tuned. Validation on the full 224x288 frame, scored with
+`agn_cli.metrics.classification` (what `agn evaluate cls` reports). The classification task of the shared loop
+(`agn_cli.train.loop`): sample k draws from `default_rng([seed, k])`, so resume and DDP see the same stream.
 """
 
 from __future__ import annotations
