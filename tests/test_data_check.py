@@ -20,11 +20,30 @@ def datasets(tmp_path_factory):
     return write_msd_dataset(root / "msd", n_cases=3, size=(12, 12, 12)), write_nnunet_dataset(root / "nn", n_cases=3, size=(12, 12, 12))
 
 
-def _check(path):
-    return CliRunner().invoke(app, ["data", "check", str(path)])
+class _Result:
+    def __init__(self, exit_code: int, output: str):
+        self.exit_code, self.output = exit_code, output
 
 
-def test_valid_layouts_pass(datasets):
+@pytest.fixture
+def _check(capsys):
+    """`agn data check PATH` through the real entry point (`main`), in process; output is stdout + stderr."""
+    from agn_cli.cli.app import main
+
+    def run(path):
+        capsys.readouterr()
+        try:
+            main(["data", "check", str(path)])
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        captured = capsys.readouterr()
+        return _Result(code, captured.out + captured.err)
+
+    return run
+
+
+def test_valid_layouts_pass(datasets, _check):
     msd, nn = datasets
     for path, layout in ((msd, "msd"), (nn, "nnunet")):
         result = _check(path)
@@ -40,7 +59,7 @@ def _copy(src, dst):
     return dst
 
 
-def test_missing_image_names_file(datasets, tmp_path):
+def test_missing_image_names_file(datasets, tmp_path, _check):
     nn = _copy(datasets[1], tmp_path / "nn")
     (nn / "imagesTr" / "toy_001_0000.nii.gz").unlink()
     result = _check(nn)
@@ -62,7 +81,7 @@ def test_label_values_outside_dataset_json(datasets, tmp_path):
     assert "toy_002.nii.gz has values [7]" in report.errors[0] and "add them to 'labels'" in report.errors[0]
 
 
-def test_geometry_mismatch(datasets, tmp_path):
+def test_geometry_mismatch(datasets, tmp_path, _check):
     msd = _copy(datasets[0], tmp_path / "msd")
     path = msd / "labelsTr" / "toy_000.nii.gz"
     img = sitk.ReadImage(str(path))
@@ -73,7 +92,7 @@ def test_geometry_mismatch(datasets, tmp_path):
     assert "toy_000.nii.gz spacing" in result.output and "copy the image geometry" in result.output
 
 
-def test_bad_dataset_json(tmp_path):
+def test_bad_dataset_json(tmp_path, _check):
     (tmp_path / "d").mkdir()
     result = _check(tmp_path / "d")
     assert result.exit_code == 2 and "dataset.json is missing" in result.output

@@ -11,6 +11,7 @@ from scipy import ndimage
 from scipy.spatial.distance import cdist
 
 from agn_cli.errors import AgnError
+from agn_cli.ct.labels import read_label_map
 from agn_cli.metrics import segmentation as S
 
 
@@ -176,15 +177,15 @@ def test_no_world_overlap_is_an_error():
 
 def test_reader_errors(tmp_path):
     with pytest.raises(AgnError, match="does not exist"):
-        S.read_label_map(tmp_path / "missing.nii.gz")
+        read_label_map(tmp_path / "missing.nii.gz")
     bad = tmp_path / "bad.nii.gz"
     bad.write_bytes(b"not an image")
     with pytest.raises(AgnError, match="cannot read"):
-        S.read_label_map(bad)
+        read_label_map(bad)
     flat = tmp_path / "flat.nrrd"
     sitk.WriteImage(sitk.GetImageFromArray(np.zeros((5, 5), np.uint8)), str(flat))
     with pytest.raises(AgnError, match="2D"):
-        S.read_label_map(flat)
+        read_label_map(flat)
 
 
 def test_float_probabilities_are_rejected():

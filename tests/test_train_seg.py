@@ -16,7 +16,8 @@ import torch
 from agn_cli.runtime.checkpoint import load_checkpoint
 from agn_cli.train.augment import AugmentConfig
 from agn_cli.train.run_state import read_metrics_csv
-from agn_cli.train.seg_trainer import SegTrainConfig, dice_per_class, sliding_window_probs, train_seg
+from agn_cli.metrics.segmentation import dice_per_class
+from agn_cli.train.seg_trainer import SegTrainConfig, case_probabilities, train_seg
 from agn_cli.train.toy import write_msd_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,15 +88,13 @@ def test_overfit_one_case_reaches_dice_09(tmp_path):
     )
     train_seg(cfg, progress=False)
     model, card = load_checkpoint(run)
-    from agn_cli.ct.preprocess import normalise_ct
     from agn_cli.train.cache import load_cached
     from agn_cli.train.datasets import load_dataset
 
     case = load_dataset(data).cases[0]
     cached = load_cached(case, run / "cache", card.spacing)
-    volume = normalise_ct(cached.image(), card.normalisation)
-    probs = sliding_window_probs(model, volume, card.patch_size, torch.device("cpu"), "fp32")
-    dice = dice_per_class(probs.argmax(0).numpy(), np.asarray(cached.label()), 3)
+    probs = case_probabilities(model, cached.image(), card.normalisation, card.patch_size, torch.device("cpu"))
+    dice = dice_per_class(probs.argmax(0).numpy(), np.asarray(cached.label()), [1, 2])
     assert min(dice) > 0.9, dice
 
 
@@ -121,15 +120,18 @@ def test_instance_norm_run_writes_a_card_that_rebuilds_the_same_network(msd, tmp
 
 
 def test_validation_pads_volumes_smaller_than_the_patch_like_training():
+    from agn_cli.ct.preprocess import normalise_ct, normalised_background
     from agn_cli.models import create_model
 
     torch.manual_seed(0)
     net = create_model("attention-unet3d", base_filters=2, num_classes=3, norm="instance").eval()
     # unpadded, this volume pools to one voxel, which InstanceNorm cannot normalise (it used to raise here)
-    volume = np.random.default_rng(0).normal(size=(10, 12, 8)).astype(np.float32)
-    probs = sliding_window_probs(net, volume, (32, 32, 16), torch.device("cpu"), "fp32")
+    volume = np.random.default_rng(0).normal(0, 300, size=(10, 12, 8)).astype(np.float32)
+    norm = {"type": "ct", "clip": [-500.0, 500.0], "mean": 20.0, "std": 250.0}
+    probs = case_probabilities(net, volume, norm, (32, 32, 16), torch.device("cpu"))
     assert probs.shape == (3, 10, 12, 8)
-    padded = np.pad(volume, [(0, 22), (0, 20), (0, 8)], constant_values=float(volume.min()))
+    air = normalised_background(norm)  # -2.08: what training patches and agn segment pad with
+    padded = np.pad(normalise_ct(volume, norm), [(0, 22), (0, 20), (0, 8)], constant_values=air)
     with torch.no_grad():
         whole = torch.softmax(net(torch.from_numpy(padded)[None, None]), dim=1)[0]
     torch.testing.assert_close(probs, whole[:, :10, :12, :8])

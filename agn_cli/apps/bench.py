@@ -9,7 +9,6 @@ CPU it bounds, rather than isolates, the memory of the variant measured last.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import os
 import platform
@@ -300,46 +299,36 @@ def run_benchmark(cfg: BenchConfig, progress: Callable[[str], None] | None = Non
 # ------------------------------------------------------------------------------------------- stage: model
 
 
-def _loss(out: Any, target: torch.Tensor) -> torch.Tensor:
-    import torch.nn.functional as F
+def _train_step_fn(model: nn.Module, task: str, x: torch.Tensor, target: torch.Tensor, device: torch.device, dtype: str,
+                   fast: bool, compile: bool):
+    """The optimiser step `agn train seg|cls` runs (its loss, optimiser, clipping; `TrainStep`) with the task's
+    default recipe, on one batch, as a closure: Dice + CE with deep supervision for U-Nets, the SonoNet loss else."""
+    from agn_cli.train.engine import TrainStep
 
-    logits, sides = out
-    loss = F.cross_entropy(logits.float(), target)
-    for side in sides:
-        loss = loss + F.cross_entropy(side.float(), target)
-    return loss
-
-
-def _train_step_fn(model: nn.Module, x: torch.Tensor, target: torch.Tensor, device: torch.device, dtype: str, fast: bool, compile: bool):
-    """One Adam step (forward_train with deep-supervision losses, backward, update) as a closure."""
-    model = model.to(device).train()
+    model = model.to(device)
     if fast:
         fmt = {4: torch.channels_last, 5: torch.channels_last_3d}[x.dim()]
         model = model.to(memory_format=fmt)
         x = x.contiguous(memory_format=fmt)
-    forward = model.forward_train
+    if task == "segmentation":
+        from agn_cli.train.seg_trainer import SegTask, SegTrainConfig
+
+        runner, cfg = SegTask(), SegTrainConfig(dataset="", output="")
+    else:
+        from agn_cli.train.cls_trainer import ClsTask, ClsTrainConfig
+
+        aggregation = getattr(model, "aggregation", "deep-sup")  # the loss follows the network's aggregation
+        runner, cfg = ClsTask(), ClsTrainConfig(dataset="", output="", aggregation=aggregation)
     if fast and compile:
         from agn_cli.runtime.fast import compile_available
 
-        if compile_available():
-            try:
-                forward = torch.compile(model.forward_train, dynamic=False)
-            except Exception:  # noqa: BLE001 - fall back to eager
-                forward = model.forward_train
-    optimiser = torch.optim.Adam(model.parameters(), lr=1e-4)
-    use_bf16 = fast and dtype == "bf16" and device.type in ("cuda", "cpu")
-
-    def step() -> torch.Tensor:
-        optimiser.zero_grad(set_to_none=True)
-        ctx = torch.autocast(device_type=device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
-        with ctx:
-            out = forward(x)
-        loss = _loss(out, target)
-        loss.backward()
-        optimiser.step()
-        return loss.detach()
-
-    return step
+        compile = compile_available()
+    step = TrainStep.build(runner, cfg, model, device, "bf16" if fast and dtype == "bf16" else "fp32",
+                           compile=fast and compile)
+    model.train()
+    loss = "Dice+CE, deep supervision " + cfg.deep_supervision if task == "segmentation" else "CE, aggregation " + cfg.aggregation
+    described = {"loss": loss, "optimizer": cfg.optimizer, "lr": step.optimizer.param_groups[0]["lr"], "grad_clip": cfg.grad_clip}
+    return (lambda: step([(x, target)])), described
 
 
 def _bench_model(model: nn.Module, entry: Any, size: tuple, device: torch.device, cfg: BenchConfig, say) -> dict[str, Any]:
@@ -390,7 +379,9 @@ def _bench_model(model: nn.Module, entry: Any, size: tuple, device: torch.device
             dtype = (cfg.dtype or resolve_options(device).dtype) if fast else "fp32"
             say(f"{name}: timing {repeat} training steps ({dtype})")
             _reset_peak(device)
-            step = _train_step_fn(copy.deepcopy(model), x_cpu.to(device), target, device, dtype, fast, cfg.compile)
+            step, extra["train_step"] = _train_step_fn(
+                copy.deepcopy(model), entry.task, x_cpu.to(device), target, device, dtype, fast, cfg.compile
+            )
             times, _ = time_calls(step, device, repeat, warmup)
             results[name] = {**summarise(times, cfg.batch), **_peak(device), "dtype": dtype}
             results[name]["path"] = {"dtype": dtype, "channels_last": fast, "compile": bool(fast and cfg.compile)}

@@ -88,7 +88,7 @@ def command(
     batch: int = typer.Option(1, "--batch", help="Batch size (windows per batch for --stage window/e2e)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="fp32 or bf16 (default: the fast path's choice for the device; fp32 with --no-fast)."),
-    mode: str = typer.Option("forward", "--mode", help="forward, or train (forward + backward + Adam step)."),
+    mode: str = typer.Option("forward", "--mode", help="forward, or train (the optimiser step agn train seg|cls runs: its loss, backward, optimiser, clipping)."),
     repeat: Optional[int] = typer.Option(None, "--repeat", help="Timed calls (default: 5 CPU / 20 GPU; 1 for window and e2e on CPU)."),
     warmup: Optional[int] = typer.Option(None, "--warmup", help="Untimed calls before timing (default: 1 CPU / 5 GPU)."),
     stage: str = typer.Option("model", "--stage", help="model (network only), window (sliding window over --scan-size), e2e (agn segment on a scan)."),

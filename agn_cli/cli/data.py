@@ -6,7 +6,8 @@ from pathlib import Path
 
 import typer
 
-from agn_cli.cli.console import err, out, print_json
+from agn_cli.cli.console import err, out, print_json, warn
+from agn_cli.errors import AgnError
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -19,10 +20,11 @@ def callback() -> None:
 @app.command("check")
 def check(
     dataset: Path = typer.Argument(..., help="Dataset folder holding dataset.json, imagesTr/ and labelsTr/."),
-    no_values: bool = typer.Option(False, "--no-values", help="Skip reading label maps (header checks only; faster)."),
+    no_values: bool = typer.Option(False, "--no-values", help="Read headers only: no truncation or label-value checks (faster)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
 ) -> None:
-    """Check image/label pairs, geometry and label values against dataset.json; exit 2 when anything is wrong."""
+    """Check image/label pairs (complete files, one grid, integer label ids from dataset.json, paths inside the
+    dataset folder): the same check `agn train seg` runs before training; exit 2 when anything is wrong."""
     from agn_cli.train.datasets import check_dataset
 
     report = check_dataset(dataset, read_labels=not no_values)
@@ -34,12 +36,14 @@ def check(
             labels = ", ".join(f"{k}={v}" for k, v in sorted(ds.labels.items()))
             out.print(f"{ds.root}: {ds.layout} layout, {len(ds.cases)} cases, labels {labels}", highlight=False)
         for message in report.warnings:
-            err.print(f"[yellow]warning:[/yellow] {message}", highlight=False)
-        for message in report.errors:
-            err.print(f"[red]error:[/red] {message}", highlight=False)
+            warn(message)
+        if len(report.errors) > 1:
+            for message in report.errors:
+                err.print(f"[red]error:[/red] {message}", highlight=False)
         if report.ok:
             out.print(f"ok: {report.checked} cases checked", highlight=False)
-        else:
-            err.print(f"{len(report.errors)} problem(s) found", highlight=False)
-    if not report.ok:
-        raise typer.Exit(2)
+    # exit 2 through AgnError, like every other bad input: one problem is one line, several end with their count
+    if len(report.errors) == 1:
+        raise AgnError(report.errors[0])
+    if report.errors:
+        raise AgnError(f"{len(report.errors)} problems found in {dataset}")

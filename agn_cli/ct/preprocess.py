@@ -124,6 +124,17 @@ def normalised_background(normalisation: dict[str, Any]) -> float:
     return 0.0
 
 
+def pad_to_patch(
+    array: np.ndarray, patch: Sequence[int], normalisation: dict[str, Any]
+) -> tuple[np.ndarray, tuple[tuple[int, int], ...]]:
+    """Pad the end of every axis shorter than the patch with normalised air (as training patches are padded), so the
+    network always sees whole patches; returns the array and the (before, after) padding per axis."""
+    pad = tuple((0, max(0, int(p) - n)) for p, n in zip(patch, array.shape))
+    if any(after for _, after in pad):
+        array = np.pad(array, pad, mode="constant", constant_values=normalised_background(normalisation))
+    return array, pad
+
+
 @dataclass
 class PreparedVolume:
     """A CT volume as the network sees it, plus what is needed to map results back onto the input grid."""
@@ -174,8 +185,5 @@ def prepare_ct(image: sitk.Image, card: Any) -> PreparedVolume:
     normalisation = getattr(card, "normalisation", None) or {}
     array = normalise_ct(array_xyz(resampled), normalisation)
     del resampled
-    patch = getattr(card, "patch_size", None) or [0, 0, 0]
-    pad = tuple((0, max(0, int(p) - n)) for p, n in zip(patch, array.shape))
-    if any(after for _, after in pad):
-        array = np.pad(array, pad, mode="constant", constant_values=normalised_background(normalisation))
+    array, pad = pad_to_patch(array, getattr(card, "patch_size", None) or [0, 0, 0], normalisation)
     return PreparedVolume(np.ascontiguousarray(array, dtype=np.float32), input_geometry, model_geometry, pad)

@@ -39,8 +39,6 @@ def classification_metrics(
     """Accuracy, macro and per-class precision/recall/F1/support and the confusion matrix (rows = reference)."""
     if len(y_true) != len(y_pred):
         raise ValueError(f"{len(y_true)} reference labels but {len(y_pred)} predictions")
-    if not y_true:
-        raise AgnError("nothing to evaluate: no frame has both a prediction and a reference label")
     if classes is None:
         classes = sorted(set(y_true) | set(y_pred))
     else:
@@ -50,6 +48,14 @@ def classification_metrics(
     cm = np.zeros((len(classes), len(classes)), dtype=np.int64)
     for t, p in zip(y_true, y_pred):
         cm[index[t], index[p]] += 1
+    return confusion_metrics(cm, classes)
+
+
+def confusion_metrics(cm: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
+    """`classification_metrics` from a confusion matrix (rows = reference); what training's validation logs."""
+    cm = np.asarray(cm, dtype=np.int64)
+    if cm.sum() == 0:
+        raise AgnError("nothing to evaluate: no frame has both a prediction and a reference label")
     tp = np.diag(cm)
     support = cm.sum(axis=1)
     predicted = cm.sum(axis=0)

@@ -26,6 +26,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 from scipy import ndimage
 
+from agn_cli.ct.labels import label_array, present_labels, read_label_map
 from agn_cli.errors import AgnError
 
 METRICS = ("dice", "precision", "recall", "s2s_mm", "hd95_mm", "hd_mm", "vol_pred_ml", "vol_gt_ml")
@@ -34,27 +35,6 @@ _GEOMETRY_TOL = 1e-4
 
 
 # --------------------------------------------------------------------------------------------------------- reading
-def read_label_map(path: Path | str) -> "Any":
-    """Read a 3D integer label map with SimpleITK; every failure becomes a one-line AgnError."""
-    import SimpleITK as sitk
-
-    path = Path(path)
-    if not path.exists():
-        raise AgnError(f"{path} does not exist")
-    if path.is_dir():
-        raise AgnError(f"{path} is a folder; give a label map file (.nii.gz, .nrrd, .mha)")
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown reason"
-        raise AgnError(f"cannot read {path} as an image ({first[:160]})") from None
-    if image.GetDimension() != 3:
-        raise AgnError(f"{path} is {image.GetDimension()}D; a 3D label map is needed")
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        raise AgnError(f"{path} has {image.GetNumberOfComponentsPerPixel()} components per voxel; a label map has 1")
-    return image
-
-
 def case_id(path: Path | str) -> str:
     """File name without its (possibly compound) image suffix: 'case_01.nii.gz' -> 'case_01'."""
     name = Path(path).name
@@ -63,22 +43,6 @@ def case_id(path: Path | str) -> str:
         if low.endswith(suffix):
             return name[: -len(suffix)]
     return Path(name).stem
-
-
-def _label_array(image: Any, what: str) -> np.ndarray:
-    import SimpleITK as sitk
-
-    arr = sitk.GetArrayViewFromImage(image)
-    if not np.issubdtype(arr.dtype, np.integer):
-        rounded = np.rint(arr)
-        if not np.array_equal(rounded, arr):
-            raise AgnError(f"the {what} has non-integer voxel values; give a label map, not an image or probabilities")
-        arr = rounded
-    if arr.size and arr.min() < 0:
-        raise AgnError(f"the {what} has negative labels; label ids must be 0 (background) or positive")
-    if not np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.uint64:
-        arr = arr.astype(np.int64)
-    return np.asarray(arr)
 
 
 # -------------------------------------------------------------------------------------------------------- geometry
@@ -161,6 +125,20 @@ def surface_distances(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float]
     return dist_to_g[surf_p], dist_to_p[surf_g]
 
 
+def dice(tp: int, n_pred: int, n_ref: int) -> float:
+    """2 |P & R| / (|P| + |R|); NaN when the class is absent from both (never a silent 0 or 1)."""
+    return 2.0 * tp / (n_pred + n_ref) if n_pred + n_ref else math.nan
+
+
+def dice_per_class(pred: np.ndarray, gt: np.ndarray, labels: Iterable[int]) -> list[float]:
+    """Hard Dice of each label id (the `dice` column of `evaluate_arrays`, without the surface distances)."""
+    out = []
+    for lab in labels:
+        p, g = pred == lab, gt == lab
+        out.append(dice(int(np.logical_and(p, g).sum()), int(p.sum()), int(g.sum())))
+    return out
+
+
 def _empty_row() -> dict[str, Any]:
     return {m: math.nan for m in METRICS}
 
@@ -177,7 +155,7 @@ def binary_metrics(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float]) -
     if n_p == 0 and n_g == 0:
         row["note"] = "absent in both"
         return row
-    row["dice"] = 2.0 * tp / (n_p + n_g)
+    row["dice"] = dice(tp, n_p, n_g)
     row["precision"] = tp / n_p if n_p else math.nan
     row["recall"] = tp / n_g if n_g else math.nan
     if n_p == 0:
@@ -192,14 +170,6 @@ def binary_metrics(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float]) -
     row["hd95_mm"] = float(np.percentile(pooled, 95))
     row["hd_mm"] = float(pooled.max())
     return row
-
-
-def _present(arr: np.ndarray) -> set[int]:
-    """Label ids present; bincount is much faster than unique (no sort) for the usual small ids."""
-    top = int(arr.max(initial=0))
-    if top < 1_000_000:
-        return {int(v) for v in np.flatnonzero(np.bincount(arr.ravel(), minlength=1))}
-    return {int(v) for v in np.unique(arr)}
 
 
 def _boxes(arr: np.ndarray, max_label: int) -> list[tuple[slice, ...] | None]:
@@ -217,7 +187,7 @@ def evaluate_arrays(
     if pred.shape != gt.shape:
         raise AgnError(f"prediction shape {pred.shape} differs from reference shape {gt.shape}")
     if labels is None:
-        labels = sorted((_present(gt) | _present(pred)) - {0})
+        labels = sorted((present_labels(gt) | present_labels(pred)) - {0})
     labels = [int(v) for v in labels]
     max_label = max(labels, default=0)
     max_present = max(int(pred.max(initial=0)), int(gt.max(initial=0)))
@@ -257,8 +227,8 @@ def evaluate_segmentation(
     if labels is not None and any(int(v) <= 0 for v in labels):
         raise AgnError("labels must be positive ids (0 is background)")
     pred, warnings = align_to_reference(pred, gt)
-    p = _label_array(pred, "prediction")
-    g = _label_array(gt, "reference")
+    p = label_array(pred, "the prediction")
+    g = label_array(gt, "the reference")
     spacing_zyx = tuple(float(s) for s in reversed(gt.GetSpacing()))  # numpy arrays from SimpleITK are (z, y, x)
     rows = evaluate_arrays(p, g, spacing_zyx, labels, label_names)
     return {

@@ -14,16 +14,16 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Collection, Sequence
 
 import numpy as np
 
 from agn_cli.errors import AgnError
 from agn_cli.runtime.atomic import atomic_path
-from agn_cli.train.datasets import Case
+from agn_cli.train.datasets import Case, check_case
 from agn_cli.train.patches import foreground_locations
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: entries are made only from pairs that pass check_case
 FG_SAMPLES_PER_CASE = 100_000
 
 
@@ -72,24 +72,22 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
         np.save(tmp, array)
 
 
-def preprocess_case(case: Case, spacing: Sequence[float], num_classes: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Canonical orientation and target spacing through the inference functions; arrays in (x, y, z)."""
-    from agn_cli.ct.volume import Geometry, array_xyz, read_volume
+def preprocess_case(case: Case, spacing: Sequence[float], labels: Collection[int], seed: int = 0) -> dict[str, np.ndarray]:
+    """`check_case` (a pair `agn data check` rejects is refused, never resampled or cast into shape), then canonical
+    orientation and target spacing through the inference functions; arrays in (x, y, z)."""
+    from agn_cli.ct.volume import Geometry, array_xyz
     from agn_cli.ct.preprocess import resample_to_geometry, resample_to_spacing, to_canonical
 
     if len(case.images) != 1:
         raise AgnError(f"case {case.case_id} has {len(case.images)} channels; agn train seg supports single-channel CT")
-    image = resample_to_spacing(to_canonical(read_volume(case.images[0])), spacing, is_label=False)
-    label = to_canonical(read_volume(case.label))
-    # the label goes onto the image's resampled grid so the two always match voxel for voxel
-    label = resample_to_geometry(label, Geometry.of(image), is_label=True)
+    checked = check_case(case, labels)
+    if checked.problems:
+        raise AgnError(f"{checked.problems[0]} (run 'agn data check' on the dataset for all problems)")
+    image = resample_to_spacing(to_canonical(checked.image), spacing, is_label=False)
+    # the label goes onto the image's resampled grid (the grids agree within check_case's tolerance)
+    label = resample_to_geometry(to_canonical(checked.label), Geometry.of(image), is_label=True)
     img = np.ascontiguousarray(array_xyz(image), dtype=np.float32)
-    lab_raw = array_xyz(label)
-    if lab_raw.min() < 0 or lab_raw.max() >= num_classes:
-        raise AgnError(
-            f"{case.label} has label values outside 0..{num_classes - 1}; run 'agn data check' and fix the label map"
-        )
-    lab = np.ascontiguousarray(lab_raw, dtype=np.uint8)
+    lab = np.ascontiguousarray(array_xyz(label), dtype=np.uint8)
     rng = np.random.default_rng(seed)
     fg = img[lab > 0]
     if fg.size > FG_SAMPLES_PER_CASE:
@@ -101,7 +99,7 @@ def cache_cases(
     cases: Sequence[Case],
     cache_dir: Path,
     spacing: Sequence[float],
-    num_classes: int,
+    labels: Collection[int],
     rank: int = 0,
     world_size: int = 1,
     on_case: Callable[[str], None] | None = None,
@@ -120,7 +118,7 @@ def cache_cases(
             continue
         if on_case:
             on_case(case.case_id)
-        arrays = preprocess_case(case, spacing, num_classes, seed=i)
+        arrays = preprocess_case(case, spacing, labels, seed=i)
         _save_npy(paths["image"], arrays["image"])
         _save_npy(paths["label"], arrays["label"])
         _save_npy(paths["fg"], arrays["fg"])

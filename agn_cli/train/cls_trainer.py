@@ -3,15 +3,14 @@
 SGD with Nesterov momentum 0.9, lr 0.1 with a warm start at 0.01 for 5 epochs, x0.1 every 100 epochs; each class
 sampled with probability 1/n_c per image (background weighted separately); random 208x272 crops of the 224x288
 preprocessed frame. `--aggregation ft` with `--init RUN` is the paper's FT procedure: per-scale heads from a
-deep-sup (or mean) run, then the concatenated head fine-tuned. Validation on the full 224x288 frame.
-Sample k draws from `default_rng([seed, k])`, as in segmentation, so resume and DDP see the same stream.
+deep-sup (or mean) run, then the concatenated head fine-tuned. Validation on the full 224x288 frame, scored with
+`agn_cli.metrics.classification` (what `agn evaluate cls` reports). The classification task of the shared loop
+(`agn_cli.train.loop`): sample k draws from `default_rng([seed, k])`, so resume and DDP see the same stream.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar
@@ -19,27 +18,16 @@ from typing import Any, Callable, ClassVar
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from agn_cli.runtime.checkpoint import ModelCard, load_checkpoint
 from agn_cli.errors import AgnError
+from agn_cli.runtime.checkpoint import ModelCard, load_checkpoint
 from agn_cli.train import distributed as D
 from agn_cli.train.augment import AugmentConfig, augment_sample
 from agn_cli.train.cls_data import cache_frames, find_background, load_cls_dataset, sampling_weights, split_items
-from agn_cli.train.engine import make_progress, make_scaler, optimiser_step, resolve_precision, split_micro, wrap_ddp
-from agn_cli.train.run_state import (
-    RunConfig,
-    STATE_FILE,
-    load_state,
-    prepare_run_dir,
-    read_config,
-    read_metrics_csv,
-    seed_everything,
-    set_rng_state,
-    write_config,
-    write_metrics_csv,
-)
-from agn_cli.train.schedule import make_optimizer, make_scheduler
+from agn_cli.train.loop import TrainTask, run_training
+from agn_cli.train.run_state import RunConfig
+from agn_cli.train.schedule import make_scheduler
 
 
 def _default_cls_augment() -> dict[str, Any]:
@@ -53,19 +41,14 @@ class ClsTrainConfig(RunConfig):
     aggregation: str = "deep-sup"
     init: str | None = None
     freeze_backbone: bool = True
-    steps_per_epoch: int | None = None  # default: one pass over the training images
     batch_size: int = 64
     size: tuple[int, int] = (224, 288)
     crop_size: tuple[int, int] = (208, 272)
     crop: str = "none"  # "none" | "sononet" (the screen-capture crop of SonoNet's frames)
     optimizer: str = "sgd"
     lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 0.0
     warmup_epochs: int = 5
     warmup_lr: float = 0.01
-    step_size: int = 100
-    gamma: float = 0.1
     background: str | None = None
     background_weight: float | None = None
     augment: dict[str, Any] = field(default_factory=_default_cls_augment)
@@ -106,28 +89,6 @@ class FrameSampler(Dataset):
         patch = torch.from_numpy(np.ascontiguousarray(frame[y0 : y0 + ch, x0 : x0 + cw]))[None]
         image, _ = augment_sample(patch, None, rng, self.augment)
         return image, int(self.labels[j])
-
-
-def classification_metrics(confusion: np.ndarray, names: list[str]) -> dict[str, Any]:
-    """Accuracy, macro precision/recall/F1 (over classes present in truth or prediction) and per-class values."""
-    tp = np.diag(confusion).astype(float)
-    pred = confusion.sum(0).astype(float)
-    true = confusion.sum(1).astype(float)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        precision = np.where(pred > 0, tp / pred, 0.0)
-        recall = np.where(true > 0, tp / true, 0.0)
-        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
-    present = (true + pred) > 0
-    out: dict[str, Any] = {
-        "accuracy": float(tp.sum() / max(1.0, confusion.sum())),
-        "macro_precision": float(precision[present].mean()) if present.any() else 0.0,
-        "macro_recall": float(recall[present].mean()) if present.any() else 0.0,
-        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
-    }
-    for i, name in enumerate(names):
-        out[f"f1_{name}"] = float(f1[i])
-        out[f"recall_{name}"] = float(recall[i])
-    return out
 
 
 def _build_model(cfg: ClsTrainConfig, num_classes: int, log) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -172,149 +133,6 @@ def _build_model(cfg: ClsTrainConfig, num_classes: int, log) -> tuple[torch.nn.M
     return net, kwargs
 
 
-def train_cls(
-    cfg: ClsTrainConfig, resume: bool = False, overwrite: bool = False, progress: bool = True,
-    log: Callable[[str], None] | None = None, stop_after: int | None = None,
-) -> dict[str, Any]:
-    ctx = D.setup(cfg.device)
-    previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
-    try:
-        return _train_cls(cfg, ctx, resume, overwrite, progress, log or (lambda m: None), stop_after)
-    finally:
-        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
-        ctx.shutdown()
-
-
-def _train_cls(cfg: ClsTrainConfig, ctx: D.DistContext, resume, overwrite, progress, log, stop_after) -> dict[str, Any]:
-    run = Path(cfg.output).expanduser().resolve()
-    if not resume and D.elastic_restart_count() > 0 and (run / STATE_FILE).is_file():
-        resume, overwrite = True, False
-    if resume and (run / "config.json").is_file():
-        saved = read_config(run / "config.json")
-        for key in ("epochs", "device", "workers", "val_every"):
-            saved[key] = getattr(cfg, key)
-        cfg = ClsTrainConfig.from_dict(saved)
-    if cfg.batch_size % (ctx.world_size * cfg.accumulate):
-        raise AgnError(f"--batch-size {cfg.batch_size} must be divisible by ranks x --accumulate = "
-                       f"{ctx.world_size} x {cfg.accumulate}")
-    prepare_run_dir(run, resume, overwrite, ctx.is_main)
-    ctx.barrier()
-    device = ctx.device
-    precision = resolve_precision(cfg.precision, device)
-    seed_everything(cfg.seed, cfg.deterministic and device.type == "cpu", device)
-
-    ds = load_cls_dataset(cfg.dataset)
-    classes = ds.classes
-    if len(classes) < 2:
-        raise AgnError(f"{ds.source} has a single class ({classes[0]}); a classifier needs at least two")
-    label_ids = [classes.index(label) for label in ds.labels]
-    train_idx, val_idx = split_items(ds, cfg.val_fraction, cfg.seed)
-    pre = preprocessing_for(cfg)
-    cache_dir = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else run / "cache"
-    if ctx.is_main:
-        frames_path = cache_frames(ds.paths, pre, cache_dir, lambda n: log(f"preprocessing {n} frames (cached in {cache_dir})"))
-    ctx.barrier()
-    frames_path = cache_frames(ds.paths, pre, cache_dir)  # present now: returns the path
-    background = find_background(classes, cfg.background)
-    weights = sampling_weights([label_ids[i] for i in train_idx], len(classes), background, cfg.background_weight)
-
-    torch.manual_seed(cfg.seed)
-    net, model_kwargs = _build_model(cfg, len(classes), log)
-    net.to(device)
-    params = [p for p in net.parameters() if p.requires_grad]
-    optimizer = make_optimizer(params, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
-    scheduler = make_scheduler(
-        optimizer, "step", cfg.epochs, step_size=cfg.step_size, gamma=cfg.gamma,
-        warmup_epochs=cfg.warmup_epochs, warmup_factor=cfg.warmup_lr / cfg.lr,
-    )
-    scaler = make_scaler(device, precision)
-    start_epoch, best_score, rows = 0, -math.inf, []
-    if resume:
-        state = load_state(run / STATE_FILE)
-        net.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
-        start_epoch, best_score = int(state["epoch"]), float(state["best_score"])
-        rows = [r for r in read_metrics_csv(run / "metrics.csv") if int(r.get("epoch", 0)) <= start_epoch]
-    elif ctx.is_main:
-        write_config(run / "config.json", dataclasses.asdict(cfg))
-    wrapper = wrap_ddp(net, device, ctx.distributed)
-    aug = AugmentConfig.from_dict(cfg.augment)
-    sampler = FrameSampler(frames_path, train_idx, [label_ids[i] for i in train_idx], weights, cfg.crop_size, cfg.seed, aug)
-    steps = cfg.steps_per_epoch or max(1, math.ceil(len(train_idx) / cfg.batch_size))
-    side_loss = cfg.aggregation == "deep-sup"
-
-    def loss_fn(batch):
-        x, y = batch
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        logits, sides = wrapper(x)
-        loss = F.cross_entropy(logits.float(), y)
-        if side_loss and sides:
-            loss = loss + sum(F.cross_entropy(s.float(), y) for s in sides) / len(sides)
-        return loss
-
-    card = ModelCard(
-        architecture=cfg.model,
-        model_kwargs=model_kwargs,
-        task="classification",
-        labels=dict(enumerate(classes)),
-        patch_size=list(cfg.size),
-        preprocessing=pre,
-        training_data=f"{ds.kind} {ds.source}: {len(train_idx)} training / {len(val_idx)} validation images"
-        + (" (official Train flag)" if ds.train_flags is not None else f", val fraction {cfg.val_fraction}, seed {cfg.seed}"),
-        source=f"agn train cls ({cfg.epochs} epochs, batch {cfg.batch_size}, aggregation {cfg.aggregation})",
-    )
-    from agn_cli.train.seg_trainer import _save_run
-
-    end_epoch = cfg.epochs if not stop_after else min(cfg.epochs, start_epoch + stop_after)
-    frozen = bool(cfg.init and cfg.aggregation == "ft" and cfg.freeze_backbone)
-    last: dict[str, Any] = {}
-    with make_progress(progress and ctx.is_main) as bar:
-        for epoch in range(start_epoch, end_epoch):
-            _train_mode(net, frozen)
-            lr = optimizer.param_groups[0]["lr"]
-            task = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=steps, loss="-", lr=f"{lr:.2e}", speed="")
-            batches = []
-            for step in range(steps):
-                base = (epoch * steps + step) * cfg.batch_size
-                batches.extend(split_micro(D.shard(list(range(base, base + cfg.batch_size)), ctx.rank, ctx.world_size), cfg.accumulate))
-            loader = DataLoader(sampler, batch_sampler=batches, num_workers=cfg.workers, pin_memory=device.type == "cuda")
-            it, t0, losses = iter(loader), time.perf_counter(), []
-            for step in range(steps):
-                micro = [next(it) for _ in range(cfg.accumulate)]
-                losses.append(optimiser_step(wrapper, optimizer, scaler, micro, loss_fn, device, precision, cfg.grad_clip))
-                bar.update(task, advance=1, loss=f"{losses[-1]:.4f}", speed=f"{(step + 1) / (time.perf_counter() - t0):.2f} it/s")
-            scheduler.step()
-            seconds = time.perf_counter() - t0
-            s = ctx.all_reduce_sum(torch.tensor([sum(losses), len(losses)], dtype=torch.float64))
-            row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": float(s[0] / s[1]), "lr": lr, "seconds": seconds}
-            validated = val_idx and ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == end_epoch)
-            if validated:
-                confusion = _evaluate(net, frames_path, val_idx, label_ids, len(classes), ctx, precision)
-                row.update({f"val_{k}": v for k, v in classification_metrics(confusion, classes).items()})
-                score = row["val_macro_f1"]
-            else:
-                score = -row["train_loss"] if not val_idx else -math.inf
-            improved = score > best_score
-            best_score = max(best_score, score)
-            rows.append(row)
-            if ctx.is_main:
-                _save_run(run, net, card, optimizer, scheduler, scaler, epoch + 1, best_score,
-                          {k: v for k, v in row.items() if k != "seconds"}, improved)
-                write_metrics_csv(run / "metrics.csv", rows)
-                msg = f"epoch {epoch + 1}/{cfg.epochs}: loss {row['train_loss']:.4f}"
-                if validated:
-                    msg += f", val accuracy {row['val_accuracy']:.3f}, macro F1 {row['val_macro_f1']:.3f}"
-                log(msg + (" (best)" if improved else ""))
-            ctx.barrier()
-            bar.remove_task(task)
-            last = row
-    return {"run": str(run), "epochs": cfg.epochs, "started_at_epoch": start_epoch, "finished_epoch": end_epoch,
-            "classes": classes, "best_score": best_score, "last": last, "world_size": ctx.world_size}
-
-
 def _train_mode(net: torch.nn.Module, frozen_backbone: bool) -> None:
     """Training mode; a frozen backbone keeps its batch-norm statistics (eval mode) so it stays exactly as loaded."""
     net.train()
@@ -342,3 +160,102 @@ def _evaluate(net, frames_path: Path, val_idx, label_ids, num_classes: int, ctx:
                 confusion[label_ids[i], int(p)] += 1
     net.train()
     return ctx.all_reduce_sum(confusion).numpy().astype(np.int64)
+
+
+def validation_metrics(confusion: np.ndarray, classes: list[str]) -> dict[str, float]:
+    """metrics.csv columns of a validation confusion matrix, from `confusion_metrics`: the numbers (and macro
+    convention) `agn evaluate cls` reports."""
+    from agn_cli.metrics.classification import confusion_metrics
+
+    metrics = confusion_metrics(confusion, classes)
+    row = {f"val_{k}": metrics[k] for k in ("accuracy", "macro_precision", "macro_recall", "macro_f1")}
+    for entry in metrics["per_class"]:
+        row[f"val_f1_{entry['class']}"] = entry["f1"]
+        row[f"val_recall_{entry['class']}"] = entry["recall"]
+    return row
+
+
+class ClsTask(TrainTask):
+    """Plane classification: data, network, loss and validation of `agn train cls`."""
+
+    score = "val_macro_f1"
+
+    def check(self, cfg: ClsTrainConfig, world_size: int) -> None:
+        preprocessing_for(cfg)  # refuses an unknown --crop
+
+    def prepare(self, cfg: ClsTrainConfig, ctx: D.DistContext, run: Path, log: Callable[[str], None]) -> None:
+        ds = load_cls_dataset(cfg.dataset)
+        classes = ds.classes
+        if len(classes) < 2:
+            raise AgnError(f"{ds.source} has a single class ({classes[0]}); a classifier needs at least two")
+        self.classes, self.dataset = classes, ds
+        self.label_ids = [classes.index(label) for label in ds.labels]
+        self.train_idx, self.val_idx = split_items(ds, cfg.val_fraction, cfg.seed)
+        self.preprocessing = preprocessing_for(cfg)
+        cache_dir = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else run / "cache"
+        if ctx.is_main:
+            cache_frames(ds.paths, self.preprocessing, cache_dir, lambda n: log(f"preprocessing {n} frames (cached in {cache_dir})"))
+        ctx.barrier()
+        self.frames_path = cache_frames(ds.paths, self.preprocessing, cache_dir)  # present now: returns the path
+        background = find_background(classes, cfg.background)
+        train_labels = [self.label_ids[i] for i in self.train_idx]
+        weights = sampling_weights(train_labels, len(classes), background, cfg.background_weight)
+        self.sampler = FrameSampler(self.frames_path, self.train_idx, train_labels, weights, cfg.crop_size, cfg.seed,
+                                    AugmentConfig.from_dict(cfg.augment))
+        self.steps = cfg.steps_per_epoch or max(1, math.ceil(len(self.train_idx) / cfg.batch_size))
+        self.has_validation = bool(self.val_idx)
+
+    def build(self, cfg: ClsTrainConfig, log: Callable[[str], None]) -> torch.nn.Module:
+        net, self.model_kwargs = _build_model(cfg, len(self.classes), log)
+        return net
+
+    def scheduler(self, cfg: ClsTrainConfig, optimizer: torch.optim.Optimizer) -> Any:
+        return make_scheduler(optimizer, "step", cfg.epochs, step_size=cfg.step_size, gamma=cfg.gamma,
+                              warmup_epochs=cfg.warmup_epochs, warmup_factor=cfg.warmup_lr / cfg.lr)
+
+    def batch_loss(self, cfg: ClsTrainConfig, forward: torch.nn.Module, device: torch.device) -> Callable:
+        """Cross-entropy of the aggregated logits, plus the mean of the per-scale heads' with `deep-sup`."""
+        side_loss = cfg.aggregation == "deep-sup"
+
+        def loss(batch) -> torch.Tensor:
+            x, y = batch
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            logits, sides = forward(x)
+            value = F.cross_entropy(logits.float(), y)
+            if side_loss and sides:
+                value = value + sum(F.cross_entropy(s.float(), y) for s in sides) / len(sides)
+            return value
+
+        return loss
+
+    def card(self, cfg: ClsTrainConfig, net: torch.nn.Module) -> ModelCard:
+        ds = self.dataset
+        split = " (official Train flag)" if ds.train_flags is not None else f", val fraction {cfg.val_fraction}, seed {cfg.seed}"
+        return ModelCard(
+            architecture=cfg.model,
+            model_kwargs=self.model_kwargs,
+            task="classification",
+            labels=dict(enumerate(self.classes)),
+            patch_size=list(cfg.size),
+            preprocessing=self.preprocessing,
+            training_data=f"{ds.kind} {ds.source}: {len(self.train_idx)} training / {len(self.val_idx)} validation images{split}",
+            source=f"agn train cls ({cfg.epochs} epochs, batch {cfg.batch_size}, aggregation {cfg.aggregation})",
+        )
+
+    def train_mode(self, cfg: ClsTrainConfig, net: torch.nn.Module) -> None:
+        _train_mode(net, bool(cfg.init and cfg.aggregation == "ft" and cfg.freeze_backbone))
+
+    def validate(self, net: torch.nn.Module, ctx: D.DistContext, precision: str) -> dict[str, float]:
+        confusion = _evaluate(net, self.frames_path, self.val_idx, self.label_ids, len(self.classes), ctx, precision)
+        return validation_metrics(confusion, self.classes)
+
+    def describe(self, row: dict[str, Any]) -> str:
+        return f"val accuracy {row['val_accuracy']:.3f}, macro F1 {row['val_macro_f1']:.3f}"
+
+    def summary(self) -> dict[str, Any]:
+        return {"classes": self.classes}
+
+
+def train_cls(cfg: ClsTrainConfig, **options: Any) -> dict[str, Any]:
+    """Train a plane classifier with the shared loop; `options` are `run_training`'s (resume, overwrite, ...)."""
+    return run_training(ClsTask(), cfg, **options)

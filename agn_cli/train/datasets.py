@@ -5,20 +5,25 @@ nnU-Net v2: `dataset.json` with `channel_names`, `labels` (name -> id) and `file
 MSD: `dataset.json` with `modality`, `labels` (id -> name) and a `training` list of {image, label} paths; files whose
 names start with `.` or `_` (macOS resource forks shipped in the MSD tarballs) are ignored.
 
-`check_dataset` validates what training would trip over, one message per problem naming the file and the fix.
+`check_case` is the one validation of an image/label pair (readable and complete files, one grid, integer label ids
+declared in dataset.json): `agn data check` runs it on every case, `agn train seg` on every case before caching it.
+Paths in an MSD `training` list must stay inside the dataset folder.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 import numpy as np
 import SimpleITK as sitk
 
+from agn_cli.ct.labels import check_label_values, label_array, read_label_map
+from agn_cli.ct.volume import read_volume
 from agn_cli.errors import AgnError
 
 
@@ -55,6 +60,14 @@ def _hidden(path: Path) -> bool:
     return path.name.startswith((".", "_"))
 
 
+def _inside(root: Path, relative: str) -> Path | None:
+    """`root / relative` when it stays inside `root` (no absolute paths, no '..' out of it); None otherwise."""
+    if Path(relative).is_absolute():
+        return None
+    path = Path(os.path.normpath(root / relative))
+    return path if path != root and path.is_relative_to(root) else None
+
+
 def _load_json(root: Path) -> dict[str, Any]:
     if not root.is_dir():
         raise AgnError(f"dataset folder not found: {root}")
@@ -73,30 +86,21 @@ def _load_json(root: Path) -> dict[str, Any]:
     return data
 
 
-def _parse_labels_nnunet(raw: Any, path: Path) -> dict[int, str]:
+def _parse_labels(raw: Any, path: Path, name_to_id: bool) -> dict[int, str]:
+    """dataset.json 'labels': nnU-Net v2 maps names to ids, MSD ids to names."""
     if not isinstance(raw, dict) or not raw:
-        raise AgnError(f"{path}: 'labels' must map names to ids, e.g. {{\"background\": 0, \"liver\": 1}}")
+        how = 'names to ids, e.g. {"background": 0, "liver": 1}' if name_to_id else 'ids to names, e.g. {"0": "background", "1": "liver"}'
+        raise AgnError(f"{path}: 'labels' must map {how}")
     labels: dict[int, str] = {}
-    for name, value in raw.items():
-        if isinstance(value, (list, tuple)):
+    for key, value in raw.items():
+        name, ident = (key, value) if name_to_id else (value, key)
+        if isinstance(ident, (list, tuple)):
             raise AgnError(f"{path}: label '{name}' is a region (list of ids); region-based training is not supported, "
                            "give each label a single id")
         try:
-            labels[int(value)] = str(name)
+            labels[int(ident)] = str(name)
         except (TypeError, ValueError):
-            raise AgnError(f"{path}: label '{name}' has id {value!r}; ids must be integers") from None
-    return labels
-
-
-def _parse_labels_msd(raw: Any, path: Path) -> dict[int, str]:
-    if not isinstance(raw, dict) or not raw:
-        raise AgnError(f"{path}: 'labels' must map ids to names, e.g. {{\"0\": \"background\", \"1\": \"liver\"}}")
-    labels: dict[int, str] = {}
-    for key, name in raw.items():
-        try:
-            labels[int(key)] = str(name)
-        except (TypeError, ValueError):
-            raise AgnError(f"{path}: label key {key!r} is not an integer id; MSD labels map ids to names") from None
+            raise AgnError(f"{path}: label '{name}' has id {ident!r}; ids must be integers") from None
     return labels
 
 
@@ -125,7 +129,7 @@ def load_dataset(root: str | Path) -> SegDataset:
     problems: list[str] = []
     if "channel_names" in data or "file_ending" in data:
         layout = "nnunet"
-        labels = _parse_labels_nnunet(data.get("labels"), json_path)
+        labels = _parse_labels(data.get("labels"), json_path, name_to_id=True)
         channels = _channels(data.get("channel_names"))
         ending = str(data.get("file_ending", ".nii.gz"))
         images_dir, labels_dir = root / "imagesTr", root / "labelsTr"
@@ -155,7 +159,7 @@ def load_dataset(root: str | Path) -> SegDataset:
                     problems.append(f"{image} has no label {labels_dir / (case_id + ending)}; add it or remove the image")
     elif "training" in data:
         layout = "msd"
-        labels = _parse_labels_msd(data.get("labels"), json_path)
+        labels = _parse_labels(data.get("labels"), json_path, name_to_id=False)
         channels = _channels(data.get("modality"))
         ending = ".nii.gz"
         if not isinstance(data["training"], list):
@@ -165,7 +169,13 @@ def load_dataset(root: str | Path) -> SegDataset:
             if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
                 problems.append(f"{json_path}: training entry {i} needs 'image' and 'label' paths")
                 continue
-            image, label = root / str(entry["image"]), root / str(entry["label"])
+            image, label = (_inside(root, str(entry[key])) for key in ("image", "label"))
+            if image is None or label is None:
+                problems.append(
+                    f"{json_path}: training entry {i} points outside {root} ({entry['image']}, {entry['label']}); "
+                    "give paths relative to the dataset folder, inside it"
+                )
+                continue
             if _hidden(image) or _hidden(label):
                 continue
             missing = [p for p in (image, label) if not p.is_file()]
@@ -220,8 +230,61 @@ class CheckReport:
         }
 
 
+@dataclass
+class CaseCheck:
+    """The problems of one case and, when it was read and has none, its image (first channel) and label map."""
+
+    problems: list[str]
+    image: sitk.Image | None = None
+    label: sitk.Image | None = None
+
+
+def check_case(case: Case, labels: Collection[int], read: bool = True, tolerance: float = 1e-3) -> CaseCheck:
+    """Everything that makes a pair unusable for training, one message per problem naming the file and the fix.
+
+    Headers: 3D scalar volumes, the label on the image's grid (size, spacing, origin, direction within
+    `tolerance`). With `read` (the default) the files are read whole through `agn_cli.ct` (truncated or corrupt
+    files refused) and the label map's values must be integer ids declared in dataset.json; the images read are
+    returned so training does not read them twice. `agn data check`, `agn train seg` and their tests use this.
+    """
+    files = [*case.images, case.label]
+    try:
+        geoms = [_geometry(p) for p in files]
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return CaseCheck([f"cannot read a file of case {case.case_id} ({first[:120]}); re-export it"])
+    problems: list[str] = []
+    for path, (size, _, _, _, comps) in zip(files, geoms):
+        if len(size) != 3:
+            problems.append(f"{path} is {len(size)}D; training needs 3D volumes (split 4D files into channels _0000, _0001, ...)")
+        if comps != 1:
+            problems.append(f"{path} has {comps} components per voxel; store scalar volumes")
+    label_geom = geoms[-1]
+    for path, geom in zip(case.images, geoms[:-1]):
+        if geom[0] != label_geom[0]:
+            problems.append(f"{case.label} has size {label_geom[0]} but {path} has {geom[0]}; resample the label onto the image grid")
+            continue
+        for what, i in (("spacing", 1), ("origin", 2), ("direction", 3)):
+            diff = float(np.max(np.abs(np.subtract(geom[i], label_geom[i])))) if len(geom[i]) == len(label_geom[i]) else np.inf
+            scale = max(1.0, float(np.max(np.abs(geom[i])))) if what == "origin" else 1.0
+            if diff > tolerance * scale:
+                problems.append(
+                    f"{case.label} {what} {tuple(round(v, 4) for v in label_geom[i])} differs from {path} "
+                    f"{tuple(round(v, 4) for v in geom[i])}; copy the image geometry into the label"
+                )
+    if problems or not read:
+        return CaseCheck(problems)
+    try:
+        images = [read_volume(p) for p in case.images]
+        label = read_label_map(case.label)
+        check_label_values(label_array(label, str(case.label)), labels, str(case.label))
+    except AgnError as exc:
+        return CaseCheck([str(exc)])
+    return CaseCheck([], images[0], label)
+
+
 def check_dataset(root: str | Path, read_labels: bool = True, tolerance: float = 1e-3) -> CheckReport:
-    """Validate pairs, image/label geometry and label values against dataset.json."""
+    """Validate the layout, then every case with `check_case` (header checks only when `read_labels` is False)."""
     try:
         ds = load_dataset(root)
     except AgnError as exc:
@@ -233,46 +296,8 @@ def check_dataset(root: str | Path, read_labels: bool = True, tolerance: float =
     declared = data.get("numTraining")
     if isinstance(declared, int) and declared != len(ds.cases) + len(ds.problems):
         warnings.append(f"dataset.json says numTraining={declared} but {len(ds.cases)} cases were found; update numTraining")
-    valid = set(ds.labels)
     for case in ds.cases:
-        try:
-            geoms = [_geometry(p) for p in [*case.images, case.label]]
-        except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            errors.append(f"cannot read a file of case {case.case_id} ({first[:120]}); re-export it as {ds.file_ending}")
-            continue
-        files = [*case.images, case.label]
-        for path, (size, spacing, origin, direction, comps) in zip(files, geoms):
-            if len(size) != 3:
-                errors.append(f"{path} is {len(size)}D; training needs 3D volumes (split 4D files into channels _0000, _0001, ...)")
-            if comps != 1:
-                errors.append(f"{path} has {comps} components per voxel; store scalar volumes")
-        label_geom = geoms[-1]
-        for path, geom in zip(case.images, geoms[:-1]):
-            if geom[0] != label_geom[0]:
-                errors.append(f"{case.label} has size {label_geom[0]} but {path} has {geom[0]}; resample the label onto the image grid")
-                continue
-            for what, i in (("spacing", 1), ("origin", 2), ("direction", 3)):
-                diff = float(np.max(np.abs(np.subtract(geom[i], label_geom[i])))) if len(geom[i]) == len(label_geom[i]) else np.inf
-                scale = max(1.0, float(np.max(np.abs(geom[i])))) if what == "origin" else 1.0
-                if diff > tolerance * scale:
-                    errors.append(
-                        f"{case.label} {what} {tuple(round(v, 4) for v in label_geom[i])} differs from {path} "
-                        f"{tuple(round(v, 4) for v in geom[i])}; copy the image geometry into the label"
-                    )
-        if read_labels and not any(case.label.name in e for e in errors):
-            arr = sitk.GetArrayFromImage(sitk.ReadImage(str(case.label)))
-            if np.issubdtype(arr.dtype, np.floating) and not np.all(np.mod(arr, 1) == 0):
-                errors.append(f"{case.label} has non-integer values; labels must be integer class ids")
-            else:
-                values = {int(v) for v in np.unique(arr)}
-                unknown = sorted(values - valid)
-                if unknown:
-                    errors.append(
-                        f"{case.label} has values {unknown} not in dataset.json labels {sorted(valid)}; "
-                        "add them to 'labels' or fix the label map"
-                    )
-        # image readability proper is checked by training's reader; header info suffices here
+        errors.extend(check_case(case, ds.labels, read_labels, tolerance).problems)
     return CheckReport(ds, errors, warnings, len(ds.cases))
 
 

@@ -1,15 +1,18 @@
 """Pieces both trainers share: the DDP-friendly training forward, mixed precision, one optimiser step with
-gradient accumulation and clipping, and the Rich progress bar (stderr, rank 0 only)."""
+gradient accumulation and clipping (`TrainStep`, also what `agn bench --mode train` times), and the Rich progress
+bar (stderr, rank 0 only)."""
 
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from torch import nn
 
 from agn_cli.errors import AgnError
+from agn_cli.train.schedule import make_optimizer
 
 PRECISIONS: tuple[str, ...] = ("auto", "bf16", "fp16", "fp32")
 
@@ -94,13 +97,47 @@ def optimiser_step(
     return total / n
 
 
+@dataclass
+class TrainStep:
+    """One optimiser step of a task's network, loss and recipe exactly as `agn train` runs it.
+
+    `task` supplies `scheduler(cfg, optimizer)` and `batch_loss(cfg, forward, device)`; `cfg` the optimiser settings.
+    Calling the step with a list of micro-batches runs `optimiser_step` and returns the mean loss.
+    """
+
+    wrapper: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    loss_fn: Callable[[Any], torch.Tensor]
+    device: torch.device
+    precision: str
+    grad_clip: float
+
+    @classmethod
+    def build(cls, task: Any, cfg: Any, net: nn.Module, device: torch.device, precision: str,
+              distributed: bool = False, compile: bool = False) -> "TrainStep":
+        try:
+            optimizer = make_optimizer(trainable(net.parameters()), cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
+        except ValueError as exc:
+            raise AgnError(f"--optimizer: {exc}") from None
+        wrapper = wrap_ddp(net, device, distributed)
+        if compile:
+            wrapper = torch.compile(wrapper, dynamic=False)
+        return cls(wrapper, optimizer, task.scheduler(cfg, optimizer), make_scaler(device, precision),
+                   task.batch_loss(cfg, wrapper, device), device, precision, cfg.grad_clip)
+
+    def __call__(self, micro_batches: Sequence) -> float:
+        return optimiser_step(self.wrapper, self.optimizer, self.scaler, micro_batches, self.loss_fn, self.device,
+                              self.precision, self.grad_clip)
+
+
 def make_progress(enabled: bool):
     """A Rich progress bar on stderr: loss, lr, speed, ETA; a no-op object when disabled."""
     if not enabled:
         return _NullProgress()
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    from agn_cli.cli.console import err
 
     return Progress(
         TextColumn("[bold]{task.description}"),
@@ -112,7 +149,7 @@ def make_progress(enabled: bool):
         TimeElapsedColumn(),
         TextColumn("ETA"),
         TimeRemainingColumn(),
-        console=err,
+        console=Console(stderr=True, soft_wrap=True),
         transient=False,
     )
 

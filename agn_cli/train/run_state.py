@@ -9,9 +9,10 @@ file is written before `latest.safetensors`, so a run killed in between resumes 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
-import dataclasses
+import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ import torch
 
 from agn_cli.errors import AgnError
 from agn_cli.runtime.atomic import atomic_path, write_text_atomic
+from agn_cli.runtime.checkpoint import ModelCard, save_checkpoint
 
 STATE_FILE = "latest_state.pt"
 RUN_FILES = (
@@ -42,8 +44,15 @@ class RunConfig:
     dataset: str
     output: str
     epochs: int = 300
+    steps_per_epoch: int | None = None  # optimiser steps per epoch (the task's default when None)
     batch_size: int = 2  # global, per optimiser step
     accumulate: int = 1  # micro-batches per rank per step (same effective batch, less memory)
+    optimizer: str = "adam"
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    step_size: int = 100  # epochs between x gamma decays of the step schedule
+    gamma: float = 0.1
     precision: str = "auto"
     grad_clip: float = 0.0
     val_fraction: float = 0.2
@@ -192,3 +201,39 @@ def read_config(path: Path) -> dict[str, Any]:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise AgnError(f"cannot read {path} ({exc}); the run folder is incomplete, start over with --overwrite") from exc
+
+
+def save_run(run: Path, net, card: ModelCard, step, epoch: int, best_score: float, metrics: dict[str, Any],
+             improved: bool) -> None:
+    """State first, then latest weights, then best: a kill at any point leaves a resumable, consistent run."""
+    inner = getattr(net, "module", net)
+    save_state(
+        run / STATE_FILE,
+        {
+            "model": {k: v.detach().cpu() for k, v in inner.state_dict().items()},
+            "optimizer": step.optimizer.state_dict(),
+            "scheduler": step.scheduler.state_dict(),
+            "scaler": step.scaler.state_dict(),
+            "rng": rng_state(),
+            "epoch": epoch,
+            "best_score": best_score,
+        },
+    )
+    card.metrics = {"epoch": epoch, **{k: v for k, v in metrics.items() if not (isinstance(v, float) and math.isnan(v))}}
+    card.created = ""
+    save_checkpoint(run / "latest.safetensors", net, dataclasses.replace(card), overwrite=True)
+    if improved:
+        save_checkpoint(run / "best.safetensors", net, dataclasses.replace(card), overwrite=True)
+
+
+def load_run(run: Path, net, step) -> tuple[int, float, list[dict[str, Any]]]:
+    """Restore what `save_run` wrote (weights, optimiser, scheduler, scaler, RNG); (epoch, best score, metrics rows)."""
+    state = load_state(run / STATE_FILE)
+    net.load_state_dict(state["model"])
+    step.optimizer.load_state_dict(state["optimizer"])
+    step.scheduler.load_state_dict(state["scheduler"])
+    step.scaler.load_state_dict(state["scaler"])
+    set_rng_state(state["rng"])
+    epoch = int(state["epoch"])
+    rows = [r for r in read_metrics_csv(run / "metrics.csv") if int(r.get("epoch", 0)) <= epoch]
+    return epoch, float(state["best_score"]), rows

@@ -33,28 +33,33 @@ def _write(array_xyz: np.ndarray, path: Path, spacing: Sequence[float]) -> None:
     sitk.WriteImage(image, str(path))
 
 
+def _write_cases(root: Path, n_cases: int, size: Sequence[int], spacing: Sequence[float], seed: int,
+                 channel_suffix: str) -> list[str]:
+    """Blob cases toy_000, toy_001, ... as imagesTr/<case><channel_suffix>.nii.gz and labelsTr/<case>.nii.gz."""
+    for folder in ("imagesTr", "labelsTr"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    names = [f"toy_{i:03d}" for i in range(n_cases)]
+    for name in names:
+        image, label = blob_case(rng, size)
+        _write(image, root / "imagesTr" / f"{name}{channel_suffix}.nii.gz", spacing)
+        _write(label, root / "labelsTr" / f"{name}.nii.gz", spacing)
+    return names
+
+
 def write_msd_dataset(
     root: Path, n_cases: int = 4, size: Sequence[int] = (32, 32, 32), spacing: Sequence[float] = (2.0, 2.0, 2.0), seed: int = 0
 ) -> Path:
     """Medical Segmentation Decathlon layout (with a macOS `._` file that must be ignored)."""
     root = Path(root)
-    (root / "imagesTr").mkdir(parents=True, exist_ok=True)
-    (root / "labelsTr").mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    training = []
-    for i in range(n_cases):
-        image, label = blob_case(rng, size)
-        name = f"toy_{i:03d}.nii.gz"
-        _write(image, root / "imagesTr" / name, spacing)
-        _write(label, root / "labelsTr" / name, spacing)
-        training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
+    names = _write_cases(root, n_cases, size, spacing, seed, "")
     (root / "imagesTr" / "._toy_000.nii.gz").write_bytes(b"\x00resource fork")
     meta = {
         "name": "Toy",
         "modality": {"0": "CT"},
         "labels": {"0": "background", "1": "bright", "2": "dark"},
         "numTraining": n_cases,
-        "training": training,
+        "training": [{"image": f"./imagesTr/{n}.nii.gz", "label": f"./labelsTr/{n}.nii.gz"} for n in names],
     }
     (root / "dataset.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
     return root
@@ -65,13 +70,7 @@ def write_nnunet_dataset(
 ) -> Path:
     """nnU-Net v2 layout: imagesTr/CASE_0000.nii.gz, labelsTr/CASE.nii.gz, labels name -> id."""
     root = Path(root)
-    (root / "imagesTr").mkdir(parents=True, exist_ok=True)
-    (root / "labelsTr").mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for i in range(n_cases):
-        image, label = blob_case(rng, size)
-        _write(image, root / "imagesTr" / f"toy_{i:03d}_0000.nii.gz", spacing)
-        _write(label, root / "labelsTr" / f"toy_{i:03d}.nii.gz", spacing)
+    _write_cases(root, n_cases, size, spacing, seed, "_0000")
     meta = {
         "channel_names": {"0": "CT"},
         "labels": {"background": 0, "bright": 1, "dark": 2},
