@@ -9,9 +9,8 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from agn_cli.apps.bench import BenchConfig, parse_size, run_benchmark
+from agn_cli.apps.bench import BenchConfig, run_benchmark
 from agn_cli.cli.app import app
-from agn_cli.errors import AgnError
 
 runner = CliRunner()
 
@@ -89,15 +88,6 @@ def test_bench_e2e_stage_reports_every_stage(tmp_path):
     assert {"read_s", "preprocess_s", "inference_s", "postprocess_s", "write_s"} <= set(stages)
     assert record["median_ms"] > 0 and record["peak_memory_bytes"] > 0
     assert record["scan_size"] == [48, 40, 20]
-
-
-def test_parse_size():
-    assert parse_size("160x160x96", 3) == (160, 160, 96)
-    assert parse_size("208x272", 2) == (208, 272)
-    assert parse_size("0.8x0.8x1.5", 3, cast=float) == (0.8, 0.8, 1.5)
-    for bad, dims in (("160x160", 3), ("axb", 2), ("0x10", 2), ("", 2)):
-        with pytest.raises(AgnError):
-            parse_size(bad, dims)
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,6 @@ import contextlib
 import datetime as _dt
 import os
 import platform
-import re
 import resource
 import socket
 import statistics
@@ -30,29 +29,11 @@ from torch import nn
 
 from agn_cli import __version__
 from agn_cli.errors import AgnError
+from agn_cli.runtime.parsing import parse_size
 
 STAGES = ("model", "window", "e2e")
 MODES = ("forward", "train")
 PAPER_CT_LABELS = {0: "background", 1: "pancreas", 2: "spleen", 3: "kidney"}  # paper CT-150: 3 organs
-
-
-# ------------------------------------------------------------------------------------------------- parsing
-
-
-def parse_size(text: str, dims: int, what: str = "--size", cast: Callable[[str], Any] = int, model: str = "") -> tuple:
-    """'160x160x96' -> (160, 160, 96); fails with a one-line AgnError that says what shape is expected."""
-    example = {2: "208x272", 3: "160x160x96"}[dims]
-    parts = [p for p in re.split(r"[x×,\s]+", (text or "").strip().lower()) if p]
-    try:
-        values = tuple(cast(p) for p in parts)
-    except ValueError:
-        raise AgnError(f"{what} must look like {example}, got '{text}'") from None
-    if len(values) != dims:
-        subject = f"{model} is a {dims}D model, so " if model else ""
-        raise AgnError(f"{subject}{what} needs {dims} numbers like {example}, got '{text}'")
-    if min(values) <= 0:
-        raise AgnError(f"{what} must be positive numbers like {example}, got '{text}'")
-    return values
 
 
 # ---------------------------------------------------------------------------------------------- environment
@@ -262,7 +243,11 @@ def run_benchmark(cfg: BenchConfig, progress: Callable[[str], None] | None = Non
     model, entry = build_model(cfg)
     if cfg.stage in ("window", "e2e") and (entry.dims != 3 or entry.task != "segmentation"):
         raise AgnError(f"--stage {cfg.stage} runs a 3D segmentation model; {cfg.model} is a {entry.dims}D {entry.task} model")
-    size = parse_size(cfg.size or {3: "160x160x96", 2: "208x272"}[entry.dims], entry.dims, "--size", model=cfg.model)
+    default_size = {3: "160x160x96", 2: "208x272"}[entry.dims]
+    try:
+        size = parse_size(cfg.size or default_size, entry.dims, example=default_size)
+    except AgnError as exc:
+        raise AgnError(f"{cfg.model} is a {entry.dims}D model: {exc}") from None
     device = _setup_device(cfg)
     from agn_cli.models import count_parameters
 
@@ -404,7 +389,7 @@ def _bench_model(model: nn.Module, entry: Any, size: tuple, device: torch.device
 def _bench_window(model: nn.Module, size: tuple, device: torch.device, cfg: BenchConfig, say) -> dict[str, Any]:
     from agn_cli.ct.sliding_window import predict_volume, window_starts
 
-    scan = parse_size(cfg.scan_size or "256x256x160", 3, "--scan-size")
+    scan = parse_size(cfg.scan_size or "256x256x160", 3, what="--scan-size")
     generator = torch.Generator().manual_seed(cfg.seed)
     volume = torch.randn((int(getattr(model, "in_channels", 1)), *scan), generator=generator)
     windows = int(np.prod([len(window_starts(s, min(p, s), cfg.overlap)) for s, p in zip(scan, size)]))
@@ -521,8 +506,8 @@ def _bench_e2e(model: nn.Module, size: tuple, device: torch.device, cfg: BenchCo
         else:
             import SimpleITK as sitk
 
-            scan = parse_size(cfg.scan_size or "512x512x300", 3, "--scan-size")
-            spacing = parse_size(cfg.scan_spacing or "0.8x0.8x1.5", 3, "--scan-spacing", cast=float)
+            scan = parse_size(cfg.scan_size or "512x512x300", 3, what="--scan-size")
+            spacing = parse_size(cfg.scan_spacing or "0.8x0.8x1.5", 3, what="--scan-spacing", cast=float, example="0.8x0.8x1.5")
             say(f"writing a synthetic {'x'.join(map(str, scan))} CT ({'x'.join(f'{s:g}' for s in spacing)} mm)")
             source = tmpdir / "synthetic_ct.nii.gz"
             image = synthetic_ct(scan, spacing, seed=cfg.seed)
