@@ -19,7 +19,6 @@ from __future__ import annotations
 import base64
 import csv
 import html
-import json
 import math
 import shutil
 import time
@@ -31,6 +30,7 @@ import cv2
 import numpy as np
 
 from agn_cli.errors import AgnError
+from agn_cli.runtime.jsonio import dumps, jsonable
 from agn_cli.viz.slices import PALETTE
 
 ORGANS: dict[int, str] = {1: "spleen", 2: "kidney_right", 3: "kidney_left", 4: "liver", 5: "pancreas"}
@@ -156,21 +156,6 @@ def check_output(output: Path, overwrite: bool) -> None:
             raise AgnError(f"{output} already exists and is not empty; pass --overwrite to replace it or choose another -o")
         if not any((output / marker).is_file() for marker in _MARKERS):
             raise AgnError(f"{output} holds files that are not an agn demo report; refusing to replace it, choose another -o")
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN and infinities become null (strict JSON); numpy scalars become Python numbers; floats are rounded."""
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float):
-        return None if not math.isfinite(value) else round(value, 6)
-    if isinstance(value, Path):
-        return str(value)
-    return value
 
 
 # ==================================================================================================== figures (OpenCV)
@@ -737,7 +722,7 @@ def classify_step(work: Path, cfg: DemoConfig, device: Any) -> dict[str, Any]:
     from agn_cli.runtime.atomic import write_text_atomic
 
     write_text_atomic(work / "results" / "us" / "predictions.json",
-                      json.dumps(_json_safe({"classes": classes, "frames": frames}), indent=2) + "\n", overwrite=True)
+                      dumps({"classes": classes, "frames": frames}, digits=6), overwrite=True)
     out = {
         "classes": classes,
         "frames": len(items),
@@ -1133,11 +1118,11 @@ def run_demo(
             "figures": dict(figures),
             "config": asdict(cfg),
         }
-        summary = _json_safe(summary)
+        summary = jsonable(summary, digits=6)
         blocks = build_report(summary, figures)
         write_text_atomic(work / "report.md", render_markdown(blocks), overwrite=True)
         write_text_atomic(work / "report.html", render_html(blocks, work, "agn demo report"), overwrite=True)
-        write_text_atomic(work / "summary.json", json.dumps(summary, indent=2) + "\n", overwrite=True)
+        write_text_atomic(work / "summary.json", dumps(summary), overwrite=True)
         _fix_paths(work, output)
         if output.exists():
             check_output(output, overwrite)  # still a demo folder (or empty) right before replacing it

@@ -7,7 +7,6 @@ option, existing output without --overwrite). Nothing is written unless the run 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Callable, List, Optional
 
@@ -15,6 +14,7 @@ import typer
 
 from agn_cli.cli.console import err, out, print_json, warn
 from agn_cli.errors import AgnError
+from agn_cli.runtime.jsonio import dumps
 
 
 def check_output(output: Optional[Path], overwrite: bool, allowed: tuple[str, ...] = (".json", ".csv")) -> None:
@@ -70,7 +70,7 @@ def write_results(output: Path, payload: dict[str, Any], overwrite: bool) -> Non
     if output.suffix.lower() == ".csv":
         write_text_atomic(output, results_to_csv(payload["frames"]), overwrite)
     else:
-        write_text_atomic(output, json.dumps(payload, indent=2) + "\n", overwrite)
+        write_text_atomic(output, dumps(payload), overwrite)
 
 
 def progress_printer(enabled: bool):
@@ -192,7 +192,7 @@ def command(
         write_results(output, payload, overwrite)
         if boxes:
             coco = results_to_coco(payload["frames"], classifier.labels, [r.shape for r in results])
-            write_text_atomic(coco_path(output), json.dumps(coco, indent=2) + "\n", overwrite)
+            write_text_atomic(coco_path(output), dumps(coco), overwrite)
     if json_out:
         print_json(payload)
         return

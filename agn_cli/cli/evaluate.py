@@ -32,17 +32,6 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
-def _jsonable(obj: Any) -> Any:
-    """NaN/inf become null so that strict JSON parsers accept the output."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    return obj
-
-
 def _cm_cell(count: int, diagonal: bool) -> str:
     if count == 0:
         return "[dim]0[/dim]"
@@ -107,7 +96,7 @@ def seg(
     if csv_path is not None:
         write_text_atomic(csv_path, S.rows_to_csv(rows), overwrite=overwrite)
     if as_json:
-        print_json(_jsonable(result))
+        print_json(result)
         if csv_path is not None:
             note(f"wrote {csv_path}")
         return
@@ -219,7 +208,7 @@ def cls(
             shown = ", ".join(result[key][:10]) + (" ..." if len(result[key]) > 10 else "")
             warn(f"{len(result[key])} {what}: {shown}")
     if as_json:
-        print_json(_jsonable(result))
+        print_json(result)
         return
 
     title = (

@@ -9,7 +9,6 @@ else the predicted label. Exit codes as for `agn classify`; plus 2 when --gt mat
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 from typing import Any, List, Optional
 
@@ -17,6 +16,7 @@ import typer
 
 from agn_cli.cli.console import out, print_json, warn
 from agn_cli.errors import AgnError
+from agn_cli.runtime.jsonio import dumps
 
 MASK_SUFFIXES = ("_mask", "-mask", "_seg", "_gt", "_label", "_annotation", "_segmentation")
 
@@ -204,7 +204,7 @@ def _write(output: Path, payload: dict[str, Any], overwrite: bool) -> None:
     from agn_cli.runtime.atomic import write_text_atomic
 
     if output.suffix.lower() != ".csv":
-        write_text_atomic(output, json.dumps(payload, indent=2) + "\n", overwrite)
+        write_text_atomic(output, dumps(payload), overwrite)
         return
     import io
 

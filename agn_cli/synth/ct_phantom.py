@@ -19,7 +19,6 @@ colon in front of the kidneys rather than beside them, and abdomen-pelvis fields
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import time
@@ -33,6 +32,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from agn_cli.errors import AgnError
+from agn_cli.runtime.jsonio import dumps
 
 LABELS: dict[str, int] = {
     "background": 0,
@@ -929,9 +929,9 @@ def write_ct_dataset(
             infos.append(info)
             if progress is not None:
                 progress(i, info)
-        (tmp / "dataset.json").write_text(json.dumps(dataset_json(cases, seed, resolution), indent=2) + "\n")
+        (tmp / "dataset.json").write_text(dumps(dataset_json(cases, seed, resolution)))
         meta = {f"case_{i:04d}": asdict(info) for i, info in enumerate(infos)}
-        (tmp / "phantoms.json").write_text(json.dumps(meta, indent=2) + "\n")
+        (tmp / "phantoms.json").write_text(dumps(meta))
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)
