@@ -434,45 +434,6 @@ def _bench_window(model: nn.Module, size: tuple, device: torch.device, cfg: Benc
 # ---------------------------------------------------------------------------------------------- stage: e2e
 
 
-def synthetic_ct(size: Sequence[int], spacing: Sequence[float], seed: int = 0):
-    """A cheap abdomen-like CT (int16 HU): air outside an elliptical body, fat/soft tissue, a few organ blobs, noise.
-
-    Built slice by slice so memory stays near the int16 volume itself; it is for timing, not for accuracy.
-    """
-    import SimpleITK as sitk
-
-    nx, ny, nz = (int(v) for v in size)
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:ny, 0:nx].astype(np.float32)
-    cx, cy = nx / 2.0, ny / 2.0
-    body = ((xx - cx) / (0.42 * nx)) ** 2 + ((yy - cy) / (0.33 * ny)) ** 2 <= 1.0
-    inner = ((xx - cx) / (0.36 * nx)) ** 2 + ((yy - cy) / (0.27 * ny)) ** 2 <= 1.0
-    organs = [
-        (0.35, 0.45, 0.10, 0.12, 60),  # liver-ish
-        (0.68, 0.42, 0.06, 0.07, 50),  # spleen-ish
-        (0.40, 0.62, 0.04, 0.05, 35),  # kidney-ish
-        (0.62, 0.62, 0.04, 0.05, 35),
-    ]
-    array = np.empty((nz, ny, nx), dtype=np.int16)  # SimpleITK order (z, y, x)
-    for k in range(nz):
-        t = k / max(nz - 1, 1)
-        plane = np.full((ny, nx), -1000.0, dtype=np.float32)
-        plane[body] = -100.0
-        plane[inner] = 40.0
-        for ox, oy, rx, ry, hu in organs:
-            scale = max(0.0, 1.0 - ((t - 0.5) / 0.35) ** 2)
-            if scale <= 0:
-                continue
-            mask = ((xx - ox * nx) / (rx * nx * scale + 1e-6)) ** 2 + ((yy - oy * ny) / (ry * ny * scale + 1e-6)) ** 2 <= 1.0
-            plane[mask] = hu
-        plane += rng.normal(0.0, 12.0, size=plane.shape).astype(np.float32)
-        array[k] = np.clip(plane, -1024, 3071).astype(np.int16)
-    image = sitk.GetImageFromArray(array)
-    del array
-    image.SetSpacing([float(s) for s in spacing])
-    return image
-
-
 def _e2e_card(model: nn.Module, size: tuple) -> Any:
     from agn_cli.runtime.checkpoint import ModelCard
     from agn_cli.ct.preprocess import DEFAULT_CT_NORMALISATION
@@ -506,11 +467,13 @@ def _bench_e2e(model: nn.Module, size: tuple, device: torch.device, cfg: BenchCo
         else:
             import SimpleITK as sitk
 
+            from agn_cli.synth.ct_phantom import phantom_scan
+
             scan = parse_size(cfg.scan_size or "512x512x300", 3, what="--scan-size")
             spacing = parse_size(cfg.scan_spacing or "0.8x0.8x1.5", 3, what="--scan-spacing", cast=float, example="0.8x0.8x1.5")
-            say(f"writing a synthetic {'x'.join(map(str, scan))} CT ({'x'.join(f'{s:g}' for s in spacing)} mm)")
+            say(f"writing a synthetic {'x'.join(map(str, scan))} CT phantom ({'x'.join(f'{s:g}' for s in spacing)} mm)")
             source = tmpdir / "synthetic_ct.nii.gz"
-            image = synthetic_ct(scan, spacing, seed=cfg.seed)
+            image = phantom_scan(scan, spacing, seed=cfg.seed)
             sitk.WriteImage(image, str(source), useCompression=True)
             del image
             record["scan_size"], record["scan_spacing"] = list(scan), list(spacing)
