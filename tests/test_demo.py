@@ -155,7 +155,7 @@ def test_an_installed_default_ct_model_is_run_beside_the_demo_model(quick_demo, 
 
     import torch
 
-    from agn_cli.apps.demo import DemoConfig, ct_figure, segment_step
+    from agn_cli.apps.demo import DemoConfig, segment_step
 
     output, _, _ = quick_demo
     work = tmp_path / "work"
@@ -173,13 +173,16 @@ def test_an_installed_default_ct_model_is_run_beside_the_demo_model(quick_demo, 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the demo runs (and fast on a CPU shared with other test processes)
     try:
-        _check_default_model(work, DemoConfig, ct_figure, segment_step)
+        _check_default_model(work, DemoConfig, segment_step)
     finally:
         torch.set_num_threads(threads)
 
 
-def _check_default_model(work, DemoConfig, ct_figure, segment_step):
+def _check_default_model(work, DemoConfig, segment_step):
     import torch
+
+    from agn_cli.synth.ct_phantom import ORGAN_NAMES
+    from agn_cli.viz.slices import ct_sheet
 
     cfg = DemoConfig.quick_config()
     cfg.default_model_budget_s = 600.0
@@ -190,8 +193,8 @@ def _check_default_model(work, DemoConfig, ct_figure, segment_step):
     assert {k: v["dice"] for k, v in default["organs"].items()} == {k: v["dice"] for k, v in demo["organs"].items()}
     assert (work / "results" / "ct" / "test_0000_default-model.nii.gz").is_file()
     arrays = demo["_arrays"]
-    sheet = ct_figure(arrays["ct"], arrays["ref"], {"prediction": arrays["pred"], "default model": default["_arrays"]["pred"]},
-                      arrays["attention"], arrays["spacing"], panel=100)
+    sheet = ct_sheet(arrays["ct"], arrays["ref"], {"prediction": arrays["pred"], "default model": default["_arrays"]["pred"]},
+                     arrays["attention"], arrays["spacing"], ORGAN_NAMES, panel=100)
     assert sheet.shape[1] == 5 * 100  # CT, reference, two predictions, attention
 
     cfg.default_model_budget_s = 1e-9  # too slow for the budget: skipped, with the reason

@@ -46,14 +46,14 @@ def overlay_writer(overlays: Optional[Path]) -> Optional[Callable[[Any], None]]:
         return None
     import cv2
 
-    from agn_cli.us.classifier import OverlayNamer, overlay_image
+    from agn_cli.us.classifier import OverlayNamer
     from agn_cli.runtime.atomic import atomic_path
 
     overlays.mkdir(parents=True, exist_ok=True)
     namer = OverlayNamer()
 
     def write(result: Any) -> None:
-        picture = overlay_image(result)
+        picture = result.overlay()
         with atomic_path(overlays / namer(result), overwrite=True) as tmp:
             if not cv2.imwrite(str(tmp), picture):
                 raise AgnError(f"cannot write overlay into {overlays}")

@@ -42,6 +42,7 @@ LABELS: dict[str, int] = {
     "liver": 4,
     "pancreas": 5,
 }
+ORGAN_NAMES: dict[int, str] = {label: name for name, label in LABELS.items() if label}  # id -> organ, no background
 
 # Target volumes (mL) sampled per case: adult ranges.
 VOLUME_RANGES_ML: dict[str, tuple[float, float]] = {

@@ -22,6 +22,7 @@ from agn_cli.errors import AgnError
 from agn_cli.us.preprocess import Crop, FrameGeometry, frame_geometry, preprocess_frame
 from agn_cli.us.frames import DICOM_SUFFIXES, VIDEO_SUFFIXES, Frame
 from agn_cli.us.localisation import LocalisationParams, attention_maps_for, localise
+from agn_cli.viz.frames import overlay_frame
 
 VIDEO_AND_DICOM = VIDEO_SUFFIXES + DICOM_SUFFIXES
 
@@ -55,6 +56,14 @@ class FrameResult:
             "box_score": None if self.box_score is None else round(self.box_score, 4),
             "box_label": self.box_label,
         }
+
+    def overlay(self, alpha: float = 0.4) -> np.ndarray:
+        """BGR picture of the frame with its attention heat map, box and label (needs Classifier(keep_images=True))."""
+        if self.image is None:
+            raise ValueError("overlays need the frame image (Classifier(keep_images=True))")
+        g = self.geometry
+        window = None if g is None else (g.x0, g.y0, g.x1, g.y1)
+        return overlay_frame(self.image, f"{self.label} {self.confidence:.2f}", self.attention, window, self.box, alpha)
 
 
 def resolve_weights(weights: Path | str | None) -> Path:
@@ -327,35 +336,6 @@ def results_to_coco(results: Sequence[dict[str, Any]], labels: Sequence[str], sh
             )
     categories = [{"id": i + 1, "name": name} for i, name in enumerate(labels)]
     return {"images": images, "annotations": annotations, "categories": categories}
-
-
-def overlay_image(result: FrameResult, alpha: float = 0.4) -> np.ndarray:
-    """BGR uint8 picture for cv2.imwrite: the frame, the attention heat map (jet) blended on, the box in green."""
-    import cv2
-
-    if result.image is None:
-        raise ValueError("overlays need the frame image (Classifier(keep_images=True))")
-    image = np.asarray(result.image)
-    if image.dtype != np.uint8:
-        image = np.clip(image, 0, 255).astype(np.uint8)
-    bgr = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    if result.attention is not None and result.geometry is not None:
-        g = result.geometry
-        heat = cv2.resize(result.attention.astype(np.float32), (g.x1 - g.x0, g.y1 - g.y0), interpolation=cv2.INTER_LINEAR)
-        heat_u8 = np.clip(heat * 255.0, 0, 255).astype(np.uint8)
-        colour = cv2.applyColorMap(heat_u8, cv2.COLORMAP_JET)
-        region = bgr[g.y0 : g.y1, g.x0 : g.x1]
-        weight = (alpha * np.clip(heat, 0, 1))[..., None]
-        bgr[g.y0 : g.y1, g.x0 : g.x1] = (region * (1 - weight) + colour * weight).astype(np.uint8)
-    if result.box is not None:
-        x0, y0, x1, y1 = (int(round(v)) for v in result.box)
-        thickness = max(2, round(max(bgr.shape[:2]) / 300))
-        cv2.rectangle(bgr, (x0, y0), (x1 - 1, y1 - 1), (0, 255, 0), thickness)
-    text = f"{result.label} {result.confidence:.2f}"
-    scale = max(0.5, max(bgr.shape[:2]) / 1000)
-    cv2.putText(bgr, text, (8, int(24 * scale) + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 4, cv2.LINE_AA)
-    cv2.putText(bgr, text, (8, int(24 * scale) + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
-    return bgr
 
 
 class OverlayNamer:
