@@ -29,11 +29,11 @@ from torch import nn
 
 from agn_cli import __version__
 from agn_cli.errors import AgnError
+from agn_cli.models.unet3d import PAPER_CT_LABELS
 from agn_cli.runtime.parsing import parse_size
 
 STAGES = ("model", "window", "e2e")
 MODES = ("forward", "train")
-PAPER_CT_LABELS = {0: "background", 1: "pancreas", 2: "spleen", 3: "kidney"}  # paper CT-150: 3 organs
 
 
 # ---------------------------------------------------------------------------------------------- environment

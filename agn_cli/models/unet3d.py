@@ -119,6 +119,7 @@ class UNet3D(nn.Module):
 
 
 _CT_PAPER = {"in_channels": 1, "num_classes": 4, "base_filters": 16}
+PAPER_CT_LABELS = {0: "background", 1: "pancreas", 2: "spleen", 3: "kidney"}  # the paper's CT-150 classes
 
 
 @register_model("unet3d", task="segmentation", dims=3, paper_config=_CT_PAPER)

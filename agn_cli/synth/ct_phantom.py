@@ -43,6 +43,9 @@ LABELS: dict[str, int] = {
     "pancreas": 5,
 }
 ORGAN_NAMES: dict[int, str] = {label: name for name, label in LABELS.items() if label}  # id -> organ, no background
+# TotalSegmentator v2 "total" task ids of the same organs: the default CT model writes these, so its masks compare
+# directly with TotalSegmentator's (benchmarks/train_default_ct.py renumbers the phantom labels to them).
+TOTALSEGMENTATOR_IDS: dict[str, int] = {"spleen": 1, "kidney_right": 2, "kidney_left": 3, "liver": 5, "pancreas": 7}
 
 # Target volumes (mL) sampled per case: adult ranges.
 VOLUME_RANGES_ML: dict[str, tuple[float, float]] = {
