@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -14,7 +12,7 @@ import pytest
 
 from agn_cli.errors import AgnError
 from agn_cli.us.preprocess import SONONET_PREPROCESSING, crop_window, frame_geometry, parse_crop, preprocess_frame
-from tests.conftest import REPO_ROOT, require, run_agn, run_agn_here
+from tests.conftest import require, run_agn, run_agn_here
 
 
 _agn = run_agn

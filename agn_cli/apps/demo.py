@@ -405,13 +405,12 @@ def _read_csv_rows(path: Path) -> list[dict[str, str]]:
 def classify_step(work: Path, cfg: DemoConfig, device: Any) -> dict[str, Any]:
     """`agn classify --boxes` on the held-out frames with the demo's classifier; accuracy, confusion, box IoU."""
     from agn_cli.us.classifier import Classifier, classify_inputs
-    from agn_cli.us.localisation import LocalisationParams, box_iou, localisation_table
+    from agn_cli.us.ground_truth import GroundTruth, best_match
+    from agn_cli.us.localisation import LocalisationParams, localisation_table
 
     test_dir = work / "data" / "us-test"
     truth = {row["path"]: row["label"] for row in _read_csv_rows(test_dir / "labels.csv")}
-    boxes: dict[str, Optional[list[float]]] = {}
-    for row in _read_csv_rows(test_dir / "boxes.csv"):
-        boxes[row["path"]] = [float(row[k]) for k in ("x0", "y0", "x1", "y1")] if row["x0"] != "" else None
+    boxes = GroundTruth(test_dir / "boxes.csv")
     rel_paths = list(truth)
     params = LocalisationParams(blur_sigma=_blur_sigma(cfg.cls_size))
     classifier = Classifier(
@@ -428,10 +427,9 @@ def classify_step(work: Path, cfg: DemoConfig, device: Any) -> dict[str, Any]:
     for rel, result in zip(rel_paths, results):
         true_label = truth[rel]
         confusion[classes.index(true_label), classes.index(result.label)] += 1
-        gt_box = boxes.get(rel)
-        iou = None
-        if gt_box is not None:
-            iou = box_iou(result.box, gt_box) if result.box is not None else 0.0
+        targets, _, _ = boxes.lookup(rel, 0)
+        gt_box, iou = best_match(result.box, targets) if targets else (None, None)
+        if iou is not None:
             records.append((true_label, iou))
         items.append({"path": rel, "truth": true_label, "result": result, "gt_box": gt_box, "iou": iou,
                       "correct": result.label == true_label})

@@ -20,11 +20,9 @@ import torch
 from agn_cli.runtime.checkpoint import ModelCard, find_default_weights, load_checkpoint
 from agn_cli.errors import AgnError
 from agn_cli.us.preprocess import Crop, FrameGeometry, frame_geometry, preprocess_frame
-from agn_cli.us.frames import DICOM_SUFFIXES, VIDEO_SUFFIXES, Frame
+from agn_cli.us.frames import Frame
 from agn_cli.us.localisation import LocalisationParams, attention_maps_for, localise
 from agn_cli.viz.frames import overlay_frame
-
-VIDEO_AND_DICOM = VIDEO_SUFFIXES + DICOM_SUFFIXES
 
 
 @dataclass
@@ -296,66 +294,6 @@ class RunSummary:
         }
 
 
-def results_to_csv(results: Sequence[dict[str, Any]]) -> str:
-    """CSV with the JSON's columns; top-k as 'label:p;label:p', box as x0,y0,x1,y1 columns."""
-    import csv
-    import io
-
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["path", "frame", "label", "confidence", "topk", "x0", "y0", "x1", "y1", "box_score"])
-    for r in results:
-        box = r.get("box") or [None] * 4
-        topk = ";".join(f"{name}:{p:.6f}" for name, p in r["topk"])
-        writer.writerow(
-            [r["path"], r["frame"], r["label"], f"{r['confidence']:.6f}", topk, *["" if v is None else v for v in box],
-             "" if r.get("box_score") is None else r["box_score"]]
-        )
-    return buffer.getvalue()
-
-
-def results_to_coco(results: Sequence[dict[str, Any]], labels: Sequence[str], shapes: Sequence[tuple[int, ...]]) -> dict[str, Any]:
-    """COCO detection JSON: one image per frame, one box annotation per frame that has a box (bbox = x, y, w, h)."""
-    images, annotations = [], []
-    for image_id, (r, shape) in enumerate(zip(results, shapes), start=1):
-        images.append(
-            {"id": image_id, "file_name": r["path"], "frame": r["frame"], "height": int(shape[0]), "width": int(shape[1])}
-        )
-        if r.get("box"):
-            x0, y0, x1, y1 = r["box"]
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": image_id,
-                    "category_id": labels.index(r["label"]) + 1,
-                    "bbox": [x0, y0, round(x1 - x0, 1), round(y1 - y0, 1)],
-                    "area": round((x1 - x0) * (y1 - y0), 1),
-                    "iscrowd": 0,
-                    "score": r["box_score"] if r.get("box_score") is not None else r["confidence"],
-                }
-            )
-    categories = [{"id": i + 1, "name": name} for i, name in enumerate(labels)]
-    return {"images": images, "annotations": annotations, "categories": categories}
-
-
-class OverlayNamer:
-    """Unique, readable PNG names: <file stem>.png for stills, <stem>_f<frame>.png for clips; collisions get -2, -3."""
-
-    def __init__(self) -> None:
-        self.used: set[str] = set()
-
-    def __call__(self, result: FrameResult) -> str:
-        stem = Path(result.path).stem
-        multi = result.frame > 0 or Path(result.path).suffix.lower() in VIDEO_AND_DICOM
-        base = f"{stem}_f{result.frame:05d}" if multi else stem
-        name, n = f"{base}.png", 1
-        while name.lower() in self.used:
-            n += 1
-            name = f"{base}-{n}.png"
-        self.used.add(name.lower())
-        return name
-
-
 def classify_inputs(
     classifier: "Classifier",
     inputs: Sequence[Path | str],
@@ -386,4 +324,21 @@ def classify_inputs(
             on_result(result)
     summary.seconds = time.perf_counter() - start
     summary.frames, summary.files = len(results), len(files)
+    return results, summary
+
+
+def classify_all(
+    classifier: "Classifier",
+    inputs: Sequence[Path | str],
+    every: int = 1,
+    batch_size: int = 16,
+    on_error: Callable[[Path, str], None] | None = None,
+    on_result: Callable[[FrameResult], None] | None = None,
+) -> tuple[list[FrameResult], RunSummary]:
+    """`classify_inputs` for the commands: a one-line AgnError when not a single frame could be read."""
+    results, summary = classify_inputs(classifier, inputs, every, batch_size, on_error=on_error, on_result=on_result)
+    if not results:
+        if summary.failed:
+            raise AgnError(f"no frame could be read from the {len(summary.failed)} input(s); see the warnings above")
+        raise AgnError("no frames found in the inputs (folders are searched for PNG, JPEG, TIFF, BMP, DICOM and video)")
     return results, summary
