@@ -191,29 +191,26 @@ def train_segmentation(work: Path, cfg: DemoConfig) -> dict[str, Any]:
         device=cfg.device, p_foreground=cfg.seg_p_foreground,
     )
     summary = train_seg(tcfg, progress=False)
-    shutil.rmtree(run / "cache", ignore_errors=True)  # preprocessed copies of the phantoms: derived, not needed
-    rows = _read_metrics(run / "metrics.csv")
+    return {"model": "attention-unet3d", "base_filters": cfg.seg_base_filters, "patch": list(summary["patch"]),
+            "spacing_mm": cfg.spacing, **_training_record(run, cfg.seg_epochs * cfg.seg_steps, cfg.seg_batch)}
+
+
+def _training_record(run: Path, steps: int, batch: int) -> dict[str, Any]:
+    """What the report shows of a short training run (its loss per epoch from metrics.csv); drops the run's cache of
+    preprocessed data (derived, not needed)."""
+    shutil.rmtree(run / "cache", ignore_errors=True)
+    metrics = run / "metrics.csv"
+    rows = _read_csv_rows(metrics) if metrics.is_file() else []
     losses = [float(r["train_loss"]) for r in rows]
     return {
-        "model": "attention-unet3d",
-        "base_filters": cfg.seg_base_filters,
-        "patch": list(summary["patch"]),
-        "spacing_mm": cfg.spacing,
-        "steps": cfg.seg_epochs * cfg.seg_steps,
-        "batch": cfg.seg_batch,
+        "steps": steps,
+        "batch": batch,
         "loss_per_epoch": losses,
         "first_loss": losses[0] if losses else None,
         "final_loss": losses[-1] if losses else None,
-        "weights": "models/ct-attention-unet3d/latest.safetensors",
-        "_note": f"{cfg.seg_epochs * cfg.seg_steps} steps, loss {losses[0]:.3f} -> {losses[-1]:.3f}" if losses else "",
+        "weights": f"models/{run.name}/latest.safetensors",
+        "_note": f"{steps} steps, loss {losses[0]:.3f} -> {losses[-1]:.3f}" if losses else "",
     }
-
-
-def _read_metrics(path: Path) -> list[dict[str, str]]:
-    if not path.is_file():
-        return []
-    with open(path, newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
 
 
 def _canonical_label(label: Any, geometry: Any) -> np.ndarray:
@@ -376,20 +373,8 @@ def train_classifier(work: Path, cfg: DemoConfig) -> dict[str, Any]:
         step_size=max(1, cfg.cls_epochs), background_weight=1.0, val_fraction=0.0, seed=cfg.seed, device=cfg.device,
     )
     train_cls(tcfg, progress=False)
-    shutil.rmtree(run / "cache", ignore_errors=True)
-    rows = _read_metrics(run / "metrics.csv")
-    losses = [float(r["train_loss"]) for r in rows]
-    return {
-        "model": cfg.cls_model,
-        "input_size": list(cfg.cls_size),
-        "steps": cfg.cls_epochs * cfg.cls_steps,
-        "batch": cfg.cls_batch,
-        "loss_per_epoch": losses,
-        "first_loss": losses[0] if losses else None,
-        "final_loss": losses[-1] if losses else None,
-        "weights": "models/us-ag-sononet/latest.safetensors",
-        "_note": f"{cfg.cls_epochs * cfg.cls_steps} steps, loss {losses[0]:.3f} -> {losses[-1]:.3f}" if losses else "",
-    }
+    return {"model": cfg.cls_model, "input_size": list(cfg.cls_size),
+            **_training_record(run, cfg.cls_epochs * cfg.cls_steps, cfg.cls_batch)}
 
 
 def _blur_sigma(cls_size: Sequence[int]) -> float:

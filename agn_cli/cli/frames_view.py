@@ -14,8 +14,9 @@ from agn_cli.cli.console import err, warn
 
 def classify_with_progress(classifier: Any, inputs: Sequence[Path], every: int, batch_size: int, show_progress: bool,
                            on_result: Optional[Callable[[Any], None]] = None):
-    """`classify_all` with a frame counter (frames done, elapsed) and a warning per skipped input."""
-    from agn_cli.us.classifier import classify_all
+    """`classify_inputs` with a frame counter (frames done, elapsed) and a warning per skipped input; exit 2 when no
+    frame could be read."""
+    from agn_cli.us.classifier import classify_inputs
 
     with _progress(show_progress) as progress:
         task = progress.add_task("classifying", total=None) if progress is not None else None
@@ -26,8 +27,8 @@ def classify_with_progress(classifier: Any, inputs: Sequence[Path], every: int, 
             if progress is not None:
                 progress.advance(task)
 
-        return classify_all(classifier, inputs, every, batch_size, on_error=lambda path, message: warn(f"skipped {message}"),
-                            on_result=step)
+        return classify_inputs(classifier, inputs, every, batch_size, on_error=lambda path, message: warn(f"skipped {message}"),
+                               on_result=step, require_frames=True)
 
 
 def _progress(enabled: bool):

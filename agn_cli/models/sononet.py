@@ -157,21 +157,15 @@ class AGSonoNet(_SonoNetBase):
 
 _CLS_PAPER = {"in_channels": 1, "num_classes": 14}
 
+_FAMILIES = (
+    ("sononet", SonoNet, "SonoNet-{w} baseline, (3,3,3,2,2) convolutions (paper Table 5)."),
+    ("ag-sononet", AGSonoNet, "AG-Sononet-{w}: gates on stages 3 and 4, range normalisation (paper Table 5)."),
+)
 for _width in (8, 16, 32):
-    register_model(
-        f"sononet-{_width}",
-        task="classification",
-        dims=2,
-        paper_config={**_CLS_PAPER, "base_filters": _width},
-        description=f"SonoNet-{_width} baseline, (3,3,3,2,2) convolutions (paper Table 5).",
-    )(SonoNet)
-    register_model(
-        f"ag-sononet-{_width}",
-        task="classification",
-        dims=2,
-        paper_config={**_CLS_PAPER, "base_filters": _width},
-        description=f"AG-Sononet-{_width}: gates on stages 3 and 4, range normalisation (paper Table 5).",
-    )(AGSonoNet)
+    for _family, _network, _description in _FAMILIES:
+        register_model(f"{_family}-{_width}", task="classification", dims=2,
+                       paper_config={**_CLS_PAPER, "base_filters": _width},
+                       description=_description.format(w=_width))(_network)
 
 
 @register_model(

@@ -385,13 +385,14 @@ class _Diaphragm:
 
 @dataclass
 class _Abdomen:
-    """Inside the abdominal wall and under the diaphragm: where the labelled organs may be."""
+    """Inside the abdominal wall and `margin` mm under the diaphragm: where organs and bowel may be (a clip)."""
 
     body: _Body
     diaphragm: _Diaphragm
+    margin: float = 5.0
 
     def __call__(self, x, y, z):
-        return self.body.cavity(x, y, z) & self.diaphragm.below(x, y, z, 5)
+        return self.body.cavity(x, y, z) & self.diaphragm.below(x, y, z, self.margin)
 
 
 class _Liver(Blob):
@@ -508,7 +509,7 @@ def _colon(rng: np.random.Generator, P: _Painter, body: _Body, dia: _Diaphragm, 
          (85, -55, zt + 25), (97, yd, 20), (95, yd, -60), (80, yd - 10, -150)],
         [colon_r] * 9,
         deform=Waves(rng, 4, (80, 160), 8, 3),
-        clip=lambda x, y, z: body.cavity(x, y, z) & dia.below(x, y, z, 10),
+        clip=_Abdomen(body, dia, margin=10),
     )
     sl, c = P.region(*colon.box())
     if sl is None:
@@ -530,7 +531,7 @@ def _stomach(rng: np.random.Generator, P: _Painter, body: _Body, dia: _Diaphragm
         np.array([_u(rng, 35, 50), _u(rng, 28, 40), _u(rng, 50, 70)]),
         _rot(0, math.radians(_u(rng, -25, -10)), math.radians(_u(rng, -30, -10))),
         deform=Waves(rng, 4, (60, 140), 6, 3),
-        clip=lambda x, y, z: body.cavity(x, y, z) & dia.below(x, y, z, 6),
+        clip=_Abdomen(body, dia, margin=6),
     )
     sl, c = P.region(*stomach.box())
     if sl is None:

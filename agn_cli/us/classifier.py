@@ -301,8 +301,10 @@ def classify_inputs(
     batch_size: int = 16,
     on_error: Callable[[Path, str], None] | None = None,
     on_result: Callable[[FrameResult], None] | None = None,
+    require_frames: bool = False,
 ) -> tuple[list[FrameResult], RunSummary]:
-    """Read, classify and (optionally) localise every frame of `inputs`; failures are collected, not raised."""
+    """Read, classify and (optionally) localise every frame of `inputs`; failures are collected, not raised (with
+    `require_frames`, a one-line AgnError when not a single frame could be read)."""
     from agn_cli.us.frames import iter_frames
 
     summary = RunSummary(weights=str(classifier.weights), device=str(classifier.device))
@@ -324,20 +326,7 @@ def classify_inputs(
             on_result(result)
     summary.seconds = time.perf_counter() - start
     summary.frames, summary.files = len(results), len(files)
-    return results, summary
-
-
-def classify_all(
-    classifier: "Classifier",
-    inputs: Sequence[Path | str],
-    every: int = 1,
-    batch_size: int = 16,
-    on_error: Callable[[Path, str], None] | None = None,
-    on_result: Callable[[FrameResult], None] | None = None,
-) -> tuple[list[FrameResult], RunSummary]:
-    """`classify_inputs` for the commands: a one-line AgnError when not a single frame could be read."""
-    results, summary = classify_inputs(classifier, inputs, every, batch_size, on_error=on_error, on_result=on_result)
-    if not results:
+    if require_frames and not results:
         if summary.failed:
             raise AgnError(f"no frame could be read from the {len(summary.failed)} input(s); see the warnings above")
         raise AgnError("no frames found in the inputs (folders are searched for PNG, JPEG, TIFF, BMP, DICOM and video)")
