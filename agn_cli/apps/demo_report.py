@@ -192,6 +192,11 @@ def _f(value: Any, digits: int = 3) -> str:
     return f"{value:.{digits}f}"
 
 
+def _training(t: dict[str, Any], command: str, note: str = "") -> str:
+    """'for N steps (`command`); loss a -> b' of a training record."""
+    return f"for {t['steps']} steps (`{command}`{note}); loss {_f(t['first_loss'])} -> {_f(t['final_loss'])}"
+
+
 def build_report(summary: dict[str, Any], figures: dict[str, str]) -> list[Block]:
     """The report's content, rendered to both Markdown and HTML."""
     seg, cls, bench = summary["ct"], summary["ultrasound"], summary["bench"]
@@ -227,8 +232,7 @@ def build_report(summary: dict[str, Any], figures: dict[str, str]) -> list[Block
     b.append(Block("p", (
         f"{summary['ct']['data']['train_cases']} synthetic abdominal CT phantoms (`agn synth ct`) trained an attention-unet3d "
         f"(base filters {t['base_filters']}, patch {'x'.join(map(str, t['patch']))} at {t['spacing_mm']:g} mm, batch {t['batch']}) "
-        f"for {t['steps']} steps (`agn train seg`); loss {_f(t['first_loss'])} -> {_f(t['final_loss'])} (Dice + cross-entropy, "
-        "deep supervision). It then segmented a held-out phantom (`agn segment`) and was scored against the phantom's "
+        f"{_training(t, 'agn train seg')} (Dice + cross-entropy, deep supervision). It then segmented a held-out phantom (`agn segment`) and was scored against the phantom's "
         "labels (`agn evaluate seg`): Dice, HD95 and ASSD (mean symmetric surface distance) in mm on the input grid."
     )))
     header = ["organ", "Dice", "HD95 (mm)", "ASSD (mm)", "volume pred / ref (mL)"]
@@ -255,8 +259,8 @@ def build_report(summary: dict[str, Any], figures: dict[str, str]) -> list[Block
     t = cls["training"]
     b.append(Block("p", (
         f"{cls['data']['train_frames']} synthetic fetal-ultrasound-like frames in {len(cls['classes'])} classes (`agn synth us`) "
-        f"trained {t['model']} at {'x'.join(map(str, t['input_size']))} for {t['steps']} steps (`agn train cls`, deep supervision); "
-        f"loss {_f(t['first_loss'])} -> {_f(t['final_loss'])}. It then labelled {cls['frames']} held-out frames and drew a box "
+        f"trained {t['model']} at {'x'.join(map(str, t['input_size']))} {_training(t, 'agn train cls', ', deep supervision')}. "
+        f"It then labelled {cls['frames']} held-out frames and drew a box "
         "from its attention gates (`agn classify --boxes`, no box labels used in training), scored against the frames' known "
         "boxes. The installed SonoNet-16 classifier (weights/) was trained on real scans, so it is not used on these cartoons."
     )))
