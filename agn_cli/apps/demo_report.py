@@ -192,6 +192,10 @@ def _f(value: Any, digits: int = 3) -> str:
     return f"{value:.{digits}f}"
 
 
+def _section(title: str, text: str) -> list[Block]:
+    return [Block("h2", title), Block("p", text)]
+
+
 def _training(t: dict[str, Any], command: str, note: str = "") -> str:
     """'for N steps (`command`); loss a -> b' of a training record."""
     return f"for {t['steps']} steps (`{command}`{note}); loss {_f(t['first_loss'])} -> {_f(t['final_loss'])}"
@@ -227,14 +231,14 @@ def build_report(summary: dict[str, Any], figures: dict[str, str]) -> list[Block
                      f"{r['fast_ms']:.1f} ms vs {r['eager_ms']:.1f} ms ({_f(r['speedup'], 2)}x)"])
     b.append(Block("table", rows=rows))
 
-    b.append(Block("h2", "1. CT organ segmentation (Attention U-Net 3D)"))
     t = seg["training"]
-    b.append(Block("p", (
-        f"{summary['ct']['data']['train_cases']} synthetic abdominal CT phantoms (`agn synth ct`) trained an attention-unet3d "
-        f"(base filters {t['base_filters']}, patch {'x'.join(map(str, t['patch']))} at {t['spacing_mm']:g} mm, batch {t['batch']}) "
-        f"{_training(t, 'agn train seg')} (Dice + cross-entropy, deep supervision). It then segmented a held-out phantom (`agn segment`) and was scored against the phantom's "
-        "labels (`agn evaluate seg`): Dice, HD95 and ASSD (mean symmetric surface distance) in mm on the input grid."
-    )))
+    b += _section("1. CT organ segmentation (Attention U-Net 3D)",
+                  f"{summary['ct']['data']['train_cases']} synthetic abdominal CT phantoms (`agn synth ct`) trained an "
+                  f"attention-unet3d (base filters {t['base_filters']}, patch {'x'.join(map(str, t['patch']))} at "
+                  f"{t['spacing_mm']:g} mm, batch {t['batch']}) {_training(t, 'agn train seg')} (Dice + cross-entropy, "
+                  "deep supervision). It then segmented a held-out phantom (`agn segment`) and was scored against the "
+                  "phantom's labels (`agn evaluate seg`): Dice, HD95 and ASSD (mean symmetric surface distance) in mm "
+                  "on the input grid.")
     header = ["organ", "Dice", "HD95 (mm)", "ASSD (mm)", "volume pred / ref (mL)"]
     if default:
         header += ["Dice (default model)"]
@@ -255,15 +259,14 @@ def build_report(summary: dict[str, Any], figures: dict[str, str]) -> list[Block
         b.append(Block("image", "The preview `agn segment --preview` writes for the same case", path=figures["ct_preview"]))
     b.append(Block("p", f"Installed default CT model: {seg['default_model_note']}."))
 
-    b.append(Block("h2", "2. Ultrasound plane detection and boxes from attention (AG-Sononet)"))
     t = cls["training"]
-    b.append(Block("p", (
-        f"{cls['data']['train_frames']} synthetic fetal-ultrasound-like frames in {len(cls['classes'])} classes (`agn synth us`) "
-        f"trained {t['model']} at {'x'.join(map(str, t['input_size']))} {_training(t, 'agn train cls', ', deep supervision')}. "
-        f"It then labelled {cls['frames']} held-out frames and drew a box "
-        "from its attention gates (`agn classify --boxes`, no box labels used in training), scored against the frames' known "
-        "boxes. The installed SonoNet-16 classifier (weights/) was trained on real scans, so it is not used on these cartoons."
-    )))
+    b += _section("2. Ultrasound plane detection and boxes from attention (AG-Sononet)",
+                  f"{cls['data']['train_frames']} synthetic fetal-ultrasound-like frames in {len(cls['classes'])} classes "
+                  f"(`agn synth us`) trained {t['model']} at {'x'.join(map(str, t['input_size']))} "
+                  f"{_training(t, 'agn train cls', ', deep supervision')}. It then labelled {cls['frames']} held-out "
+                  "frames and drew a box from its attention gates (`agn classify --boxes`, no box labels used in "
+                  "training), scored against the frames' known boxes. The installed SonoNet-16 classifier (weights/) was "
+                  "trained on real scans, so it is not used on these cartoons.")
     header = ["true \\ predicted"] + cls["classes"]
     rows = [header] + [[c] + [str(v) for v in row] for c, row in zip(cls["classes"], cls["confusion"])]
     b.append(Block("table", rows=rows))
@@ -274,13 +277,12 @@ def build_report(summary: dict[str, Any], figures: dict[str, str]) -> list[Block
     b.append(Block("image", "Held-out frames: attention heat map, predicted box (green), true box (yellow)", path=figures["us"]))
     b.append(Block("image", "Training loss of both networks (per epoch)", path=figures["loss"]))
 
-    b.append(Block("h2", "3. Speed: fast path vs plain PyTorch (`agn bench`)"))
     env = bench["environment"]
-    b.append(Block("p", (
-        f"Network forward pass only, batch 1, median of {bench['repeat']} calls after one warm-up, on {env.get('device_name')} "
-        f"({_threads(env.get('threads'))}, load average {env.get('load_average')} at the time). The fast path folds batch norm "
-        "into the convolutions, uses channels-last memory and bf16 where the processor supports it."
-    )))
+    b += _section("3. Speed: fast path vs plain PyTorch (`agn bench`)",
+                  f"Network forward pass only, batch 1, median of {bench['repeat']} calls after one warm-up, on "
+                  f"{env.get('device_name')} ({_threads(env.get('threads'))}, load average {env.get('load_average')} at "
+                  "the time). The fast path folds batch norm into the convolutions, uses channels-last memory and bf16 "
+                  "where the processor supports it.")
     rows = [["model", "input", "parameters", "eager (ms)", "fast (ms)", "speed-up", "fast dtype", "argmax agreement"]]
     for r in bench["rows"]:
         rows.append([r["model"], r["size"], f"{r['params']:,}", f"{r['eager_ms']:.1f}", f"{r['fast_ms']:.1f}",
