@@ -109,7 +109,7 @@ def command(
     json_output: bool = typer.Option(False, "--json", help="Print JSON only."),
 ) -> None:
     """Benchmark a network: median/min ms, items/s, peak memory; --compare eager prints the fast path's speed-up."""
-    
+
     from agn_cli.apps.bench import BenchConfig, run_benchmark
     from agn_cli.errors import AgnError
     from agn_cli.runtime.atomic import check_writable, write_text_atomic
