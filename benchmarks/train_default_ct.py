@@ -32,6 +32,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the agn_cli of this checkout, also when run as a plain script
+
+from agn_cli.synth.ct_phantom import TOTALSEGMENTATOR_IDS  # noqa: E402
+
 WEIGHTS = ROOT / "weights" / "ct-attention-unet3d-synth.safetensors"
 
 # ---- the recipe (change nothing here without retraining and updating the model card text below)
@@ -52,13 +56,13 @@ TRAIN_ARGS = [
 SESSIONS = [("20", 5)] * 4
 # TotalSegmentator v2 "total" ids for the phantom classes (phantom ids 1..5 = spleen, kidney_right, kidney_left,
 # liver, pancreas); class order is unchanged, only the ids written into the mask differ.
-CARD_LABELS = {0: "background", 1: "spleen", 2: "kidney_right", 3: "kidney_left", 5: "liver", 7: "pancreas"}
+CARD_LABELS = {0: "background", **{real_id: name for name, real_id in TOTALSEGMENTATOR_IDS.items()}}
 # Inference window at 4 mm: covers a whole abdomen-pelvis scan (e.g. 366 x 303 x 336 mm) in one or two windows.
 INFERENCE_PATCH = [96, 80, 64]
 # Each of these organs is one connected structure; the InstanceNorm model leaves stray islands far from the organs on
 # real CT (liver HD95 190 mm on the example scan without this), so agn segment keeps the largest component by default.
 POSTPROCESSING = {"largest_component": True}
-REAL_IDS = {"spleen": 1, "kidney_right": 2, "kidney_left": 3, "liver": 5, "pancreas": 7}
+REAL_IDS = TOTALSEGMENTATOR_IDS
 
 
 def agn(*args: str) -> None:

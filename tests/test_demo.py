@@ -85,20 +85,27 @@ def test_quick_demo_summary_fields_are_sane(quick_demo):
     demo = summary["ct"]["demo_model"]
     assert set(demo["organs"]) == {"spleen", "kidney_right", "kidney_left", "liver", "pancreas"}
     for organ in demo["organs"].values():
-        assert 0.0 <= _number(organ["dice"]) <= 1.0
-        assert _number(organ["volume_ref_ml"]) > 0  # every organ is in the held-out phantom
+        predicted, reference = _number(organ["volume_pred_ml"]), _number(organ["volume_ref_ml"])
+        assert reference > 0  # every organ is in the held-out phantom
+        # Dice 2|A n B| / (|A| + |B|) cannot exceed what the two volumes allow
+        assert _number(organ["dice"]) <= 2 * min(predicted, reference) / (predicted + reference) + 1e-5
         for key in ("hd95_mm", "assd_mm"):  # null when the prediction misses the organ
-            assert organ[key] is None or _number(organ[key]) >= 0
-    assert 0.0 <= _number(demo["mean_dice"]) <= 1.0
+            assert (organ[key] is None) == (predicted == 0) and (organ[key] is None or _number(organ[key]) >= 0)
+    assert demo["mean_dice"] == pytest.approx(sum(o["dice"] for o in demo["organs"].values()) / 5, abs=1e-5)
     training = summary["ct"]["training"]
     assert len(training["loss_per_epoch"]) == summary["config"]["seg_epochs"]
     assert all(_number(v) > 0 for v in training["loss_per_epoch"])
 
     us = summary["ultrasound"]
     assert us["frames"] == summary["config"]["us_test_frames"]
-    assert 0.0 <= _number(us["accuracy"]) <= 1.0
-    assert sum(map(sum, us["confusion"])) == us["frames"]
-    assert 0.0 <= _number(us["iou_mean"]) <= 1.0
+    confusion = us["confusion"]
+    assert sum(map(sum, confusion)) == us["frames"]
+    assert us["accuracy"] == pytest.approx(sum(confusion[i][i] for i in range(len(confusion))) / us["frames"], abs=1e-6)
+    # the mean box IoU is the mean over the frames with a true box in results/us/predictions.json
+    frames = json.loads((quick_demo[0] / "results" / "us" / "predictions.json").read_text())["frames"]
+    ious = [f["iou"] for f in frames if f["gt_box"] is not None]
+    assert all(f["iou"] is None for f in frames if f["gt_box"] is None)
+    assert us["iou_mean"] == pytest.approx(sum(ious) / len(ious), abs=1e-5)
     with_box = sum(sum(row) for name, row in zip(us["classes"], us["confusion"]) if name != "Background")
     assert us["localisation"]["all"]["n"] == with_box > 0  # IoU over every frame that has a structure
 
@@ -155,7 +162,7 @@ def test_an_installed_default_ct_model_is_run_beside_the_demo_model(quick_demo, 
 
     import torch
 
-    from agn_cli.apps.demo import DemoConfig, ct_figure, segment_step
+    from agn_cli.apps.demo import DemoConfig, segment_step
 
     output, _, _ = quick_demo
     work = tmp_path / "work"
@@ -173,13 +180,16 @@ def test_an_installed_default_ct_model_is_run_beside_the_demo_model(quick_demo, 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the demo runs (and fast on a CPU shared with other test processes)
     try:
-        _check_default_model(work, DemoConfig, ct_figure, segment_step)
+        _check_default_model(work, DemoConfig, segment_step)
     finally:
         torch.set_num_threads(threads)
 
 
-def _check_default_model(work, DemoConfig, ct_figure, segment_step):
+def _check_default_model(work, DemoConfig, segment_step):
     import torch
+
+    from agn_cli.synth.ct_phantom import ORGAN_NAMES
+    from agn_cli.viz.slices import ct_sheet
 
     cfg = DemoConfig.quick_config()
     cfg.default_model_budget_s = 600.0
@@ -190,8 +200,8 @@ def _check_default_model(work, DemoConfig, ct_figure, segment_step):
     assert {k: v["dice"] for k, v in default["organs"].items()} == {k: v["dice"] for k, v in demo["organs"].items()}
     assert (work / "results" / "ct" / "test_0000_default-model.nii.gz").is_file()
     arrays = demo["_arrays"]
-    sheet = ct_figure(arrays["ct"], arrays["ref"], {"prediction": arrays["pred"], "default model": default["_arrays"]["pred"]},
-                      arrays["attention"], arrays["spacing"], panel=100)
+    sheet = ct_sheet(arrays["ct"], arrays["ref"], {"prediction": arrays["pred"], "default model": default["_arrays"]["pred"]},
+                     arrays["attention"], arrays["spacing"], ORGAN_NAMES, panel=100)
     assert sheet.shape[1] == 5 * 100  # CT, reference, two predictions, attention
 
     cfg.default_model_budget_s = 1e-9  # too slow for the budget: skipped, with the reason

@@ -54,8 +54,9 @@ def eager(model: nn.Module, x: torch.Tensor):
 def test_fold_batchnorm_is_exact_in_fp32(name):
     model, x = trained_ish(name)
     reference, ref_att = eager(model, x)
+    batchnorms = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
     folded = fold_batchnorm(model)
-    assert folded.folded_batchnorm_count > 0
+    assert folded.folded_batchnorm_count == batchnorms  # every BN follows a convolution it folds into
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in folded.modules())
     logits, att = eager(folded, x)
     torch.testing.assert_close(logits, reference, atol=FP32_TOL, rtol=FP32_TOL)
@@ -117,13 +118,14 @@ def test_fast_path_matches_eager(name, dtype):
 def test_prepare_keeps_training_flag_and_delegates_attributes():
     model = create_model("ag-sononet-8")
     model.train()
+    batchnorms = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
     prepared = prepare_model(model, "cpu")
     assert model.training  # the caller keeps training
     assert not prepared.training and not prepared.train().training
     assert prepared.num_classes == 14 and prepared.agn_name == "ag-sononet-8"
     assert "stage3" in prepared.gates
     assert all(not p.requires_grad for p in prepared.parameters())
-    assert prepared.describe()["folded_batchnorm"] > 0
+    assert prepared.describe()["folded_batchnorm"] == batchnorms == 13  # one per convolution of the stages (3, 3, 3, 2, 2)
 
 
 def test_plain_path_is_the_model_in_eval_fp32():

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -13,7 +11,7 @@ import pytest
 
 from agn_cli.us.preprocess import FrameGeometry
 from agn_cli.us.localisation import LocalisationParams, box_iou, localisation_table, localise, mask_box
-from tests.conftest import REPO_ROOT, require, run_agn, run_agn_here
+from tests.conftest import require, run_agn, run_agn_here
 
 
 _agn = run_agn
@@ -105,3 +103,74 @@ def test_hc18_head_boxes_from_cam(shared_dir: Path, tmp_path: Path) -> None:
     assert metrics["n"] == 80 and payload["summary"]["gt_matched"] == 80
     assert metrics["iou_mean"] > 0.62, metrics
     assert metrics["correctness"] > 0.80, metrics
+
+
+def test_ground_truth_csv_rows_masks_and_scoring(tmp_path: Path) -> None:
+    """CSV rows match by path, name or stem and by frame; empty coordinates mean 'no object'; masks give their box."""
+    from agn_cli.errors import AgnError
+    from agn_cli.us.ground_truth import GroundTruth, best_match, mask_key, score_frames
+
+    csv_path = tmp_path / "boxes.csv"
+    csv_path.write_text("path,x0,y0,x1,y1,frame,label\n"
+                        "a/one.png,10,10,30,30,,Head\n"
+                        "clip.mp4,0,0,8,8,2,\n"
+                        "clip.mp4,4,4,12,12,2,\n"
+                        "bg.png,,,,,,\n")
+    truth = GroundTruth(csv_path, label="Fallback")
+    assert truth.lookup("/data/a/one.png", 0) == ([[10.0, 10.0, 30.0, 30.0]], "Head", "ok")
+    assert truth.lookup("one", 5) == ([[10.0, 10.0, 30.0, 30.0]], "Head", "ok")  # no frame column: every frame
+    assert truth.lookup("x/clip.mp4", 2) == ([[0.0, 0.0, 8.0, 8.0], [4.0, 4.0, 12.0, 12.0]], "Fallback", "ok")
+    assert truth.lookup("x/clip.mp4", 3) == (None, None, "unmatched")
+    assert truth.lookup("bg.png", 0) == (None, "Fallback", "empty")
+    assert truth.lookup("other.png", 0) == (None, None, "unmatched")
+
+    assert best_match([5, 5, 12, 12], [[0, 0, 8, 8], [4, 4, 12, 12]]) == ([4, 4, 12, 12], pytest.approx(49 / 64))
+    assert best_match(None, [[0, 0, 8, 8]]) == ([0, 0, 8, 8], 0.0)  # no predicted box: IoU 0 with the first target
+
+    frames = [
+        {"path": "a/one.png", "frame": 0, "label": "Brain (Tv.)", "box": [10.0, 10.0, 20.0, 30.0]},
+        {"path": "clip.mp4", "frame": 2, "label": "Femur", "box": None},
+        {"path": "bg.png", "frame": 0, "label": "Background", "box": None},
+        {"path": "nothing.png", "frame": 0, "label": "Background", "box": None},
+    ]
+    scoring = score_frames(frames, truth)
+    assert scoring.counts == {"ok": 2, "unmatched": 1, "empty": 1}
+    assert frames[0]["gt_box"] == [10.0, 10.0, 30.0, 30.0] and frames[0]["iou"] == 0.5
+    assert frames[1]["iou"] == 0.0 and frames[2]["gt_box"] is None and frames[2]["iou"] is None
+    assert set(scoring.metrics) == {"Head", "Fallback", "all"} and scoring.metrics["all"]["n"] == 2
+    assert scoring.metrics["all"]["iou_mean"] == pytest.approx(0.25)
+    with pytest.raises(AgnError, match="matched none of the 1 frames"):
+        score_frames([{"path": "nothing.png", "frame": 0, "label": "x", "box": None}], truth)
+
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    mask = np.zeros((20, 30), np.uint8)
+    mask[4:9, 10:25] = 255
+    cv2.imwrite(str(masks / "004_HC_Mask.png"), mask)
+    cv2.imwrite(str(masks / "005_HC_Annotation.png"), np.zeros((20, 30), np.uint8))
+    assert mask_key("004_HC_Mask") == "004_hc" and mask_key("frame") == "frame"
+    by_mask = GroundTruth(masks, label="head")
+    assert by_mask.lookup("in/004_HC.png", 0) == ([[10.0, 4.0, 25.0, 9.0]], "head", "ok")
+    assert by_mask.lookup("005_HC.png", 0) == (None, "head", "empty")
+    for bad, message in (("path,x0,y0,x1,y1\nf.png,1,2,x,4\n", "line 2: box coordinates must be numbers"),
+                         ("path,x0,y0,x1,y1\nf.png,5,2,3,4\n", "line 2: need x1 > x0"),
+                         ("path,x0,y0\nf.png,1,2\n", "needs a header with path,x0,y0,x1,y1")):
+        csv_path.write_text(bad)
+        with pytest.raises(AgnError, match=message):
+            GroundTruth(csv_path)
+
+
+def test_results_csv_has_truth_columns_only_with_ground_truth() -> None:
+    from agn_cli.us.outputs import results_to_csv
+
+    row = {"path": "f.png", "frame": 0, "label": "Femur", "confidence": 0.5, "topk": [["Femur", 0.5], ["Lips", 0.25]],
+           "box": [1.0, 2.0, 3.0, 4.0], "box_score": None}
+    assert results_to_csv([row]) == (
+        "path,frame,label,confidence,topk,x0,y0,x1,y1,box_score\n"
+        "f.png,0,Femur,0.500000,Femur:0.500000;Lips:0.250000,1.0,2.0,3.0,4.0,\n"
+    )
+    scored = {**row, "box": None, "gt_box": [0.0, 0.0, 5.0, 5.0], "iou": 0.0}
+    assert results_to_csv([scored]).splitlines() == [
+        "path,frame,label,confidence,topk,x0,y0,x1,y1,box_score,gt_x0,gt_y0,gt_x1,gt_y1,iou",
+        "f.png,0,Femur,0.500000,Femur:0.500000;Lips:0.250000,,,,,,0.0,0.0,5.0,5.0,0.0",
+    ]

@@ -36,8 +36,10 @@ def test_sononet16_original_layout_matches_published_weights():
     assert all(c.bias is None for c in convs)
     expected = sum(c.weight.numel() + 2 * c.out_channels for c in convs)
     assert count_parameters(model) == expected
-    # 15 conv + BN pairs = the 75 arrays (W, beta, gamma, mean, inv_std) of SonoNet16.npz
-    assert len(convs) * 5 == 75
+    # 15 conv + BN pairs = the 75 arrays (W, beta, gamma, mean, inv_std) of SonoNet16.npz, with Lasagne's BN eps
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert [n.num_features for n in norms] == [c.out_channels for c in convs]
+    assert all(n.eps == 1e-4 for n in norms)
 
 
 def test_registry_lists_every_family_and_rejects_unknown_names():
@@ -205,3 +207,56 @@ def test_instance_norm_network_behaves_the_same_in_train_and_eval_mode():
 def test_unknown_norm_is_rejected():
     with pytest.raises(ValueError, match="instance"):
         create_model("unet3d", base_filters=2, norm="group")
+
+
+# Computed with the networks as they were before the gate options and the shared `Network.run` were factored out
+# (commit 16c5ec2): seed 0 weights, seed 1 input, one CPU thread. (name, kwargs, input shape, parameters,
+# sha256[:16] of the state-dict keys and shapes, sum of logits, sum of |logits|, sum of each attention map,
+# sum of each side output). Any change to the layer order, the initialisation or the forward code changes them.
+REFERENCE_OUTPUTS = [
+    ("attention-unet3d", {"base_filters": 4, "num_classes": 3}, (1, 1, 20, 18, 14), 406353, "4dbe7a25eb6e680f",
+     1042.6665870845318, 3030.137082964182, {"level4": 34.292984, "level3": 190.517897, "level2": 1200.245745},
+     [362.418138, -1361.875908, 1020.492923, 668.764502]),
+    ("unet3d", {"base_filters": 4, "num_classes": 3}, (1, 1, 20, 18, 14), 369075, "f13c974f1f26e350",
+     -2040.0422673523426, 2040.0422673523426, {}, [-5464.833171, -3051.220848, 1627.07676, 10.271369]),
+    ("attention-unet3d", {"base_filters": 4, "num_classes": 3, "norm": "instance", "attention_heads": 1,
+                          "attention_normalisation": "softmax"}, (1, 1, 32, 32, 20), 388430, "682fdfd5cdc23347",
+     -9608.266148000082, 14007.629125275533, {"level4": 12.0, "level3": 10.0, "level2": 8.0},
+     [2887.678944, -11881.826547, 4148.096864, -12959.803207]),
+    ("ag-sononet-8", {"aggregation": "deep-sup"}, (2, 1, 64, 80), 179322, "ec653caa20f4aefd",
+     -0.17589073115959764, 1.2148621655069292, {"stage3": 2.0, "stage4": 2.0}, [-0.088064, -1.19286, 0.445036]),
+    ("ag-sononet-8", {"aggregation": "concat"}, (2, 1, 64, 80), 177040, "178e1089e385171b",
+     0.30357601121068, 1.2316695377230644, {"stage3": 2.0, "stage4": 2.0}, []),
+    ("ag-sononet-8", {"aggregation": "ft", "attention_normalisation": "sigmoid"}, (2, 1, 64, 80), 177670,
+     "f95d10ce782cb701", -0.8374152723699808, 2.232429763302207, {"stage3": 609.64835, "stage4": 152.411584},
+     [-0.083092, -1.194336, 0.445036]),
+    ("sononet-8", {}, (2, 1, 64, 80), 162954, "16559a0667157fa4", -1.3030605837702751, 2.71428344771266,
+     {"cam": -26.061212}, []),
+    ("sononet16-original", {}, (1, 1, 64, 80), 930796, "096f4a5cc4030c44", -1.2317437153797073e-05,
+     2.575085619582751e-05, {"cam": -0.000246}, []),
+]
+
+
+@pytest.mark.parametrize("name,kwargs,shape,params,keys,total,magnitude,attention,sides", REFERENCE_OUTPUTS)
+def test_outputs_match_the_reference_implementation(name, kwargs, shape, params, keys, total, magnitude, attention, sides):
+    import hashlib
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        model = create_model(name, **kwargs).eval()
+        x = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            logits, maps = model(x, return_attention=True)
+            train_logits, side_logits = model.forward_train(x)
+    finally:
+        torch.set_num_threads(threads)
+    layout = "|".join(f"{k}:{tuple(v.shape)}" for k, v in model.state_dict().items())
+    assert count_parameters(model) == params
+    assert hashlib.sha256(layout.encode()).hexdigest()[:16] == keys  # checkpoints keep loading
+    assert float(logits.double().sum()) == pytest.approx(total, rel=1e-6, abs=1e-9)
+    assert float(logits.double().abs().sum()) == pytest.approx(magnitude, rel=1e-6, abs=1e-9)
+    assert torch.equal(train_logits, logits)
+    assert {k: float(v.double().sum()) for k, v in maps.items()} == pytest.approx(attention, rel=1e-5, abs=1e-5)
+    assert [float(s.double().sum()) for s in side_logits] == pytest.approx(sides, rel=1e-5, abs=1e-5)

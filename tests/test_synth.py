@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 
 import numpy as np
@@ -10,7 +11,14 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 from agn_cli.cli.app import main
-from agn_cli.synth import LABELS, generate_ct_case, generate_ct_case_with_info, label_volumes_ml, write_ct_dataset
+from agn_cli.synth import (
+    LABELS,
+    generate_ct_case,
+    generate_ct_case_with_info,
+    label_volumes_ml,
+    phantom_scan,
+    write_ct_dataset,
+)
 from agn_cli.synth.us_frames import US_CLASSES, generate_us_frame, write_us_dataset
 
 class _Result:
@@ -122,6 +130,40 @@ def test_seeded_reproducibility():
     assert a_img.GetDirection() == b_img.GetDirection() and a_img.GetSpacing() == b_img.GetSpacing()
     same_shape = a_img.GetSize() == c_img.GetSize()
     assert not same_shape or not np.array_equal(sitk.GetArrayViewFromImage(a_img), sitk.GetArrayViewFromImage(c_img))
+
+
+# sha256 of (image, labels, geometry) computed with the phantom code before `_phantom` was split into its pieces
+# (commit ff206ca): the split must not change a single voxel. Covers the long abdomen-pelvis scan, both contrast
+# phases, the table, crop=False and an oblique direction.
+PHANTOM_SHA256 = [
+    (0, {}, "49be1a59afc1f58a4d15efc7b0cf21ddd9a01c35393204cdc2a696267e98a444"),
+    (1, {}, "0b609b6acb7c1674707a34d053212ee0c0c27f1d04086f9c307800dc31fcb9cb"),
+    (0, {"contrast": "none", "crop": False}, "44f66221b825ca7b7db506aa8a5c138c46a2dcc75ddea2a019ef45922b839ac2"),
+    (1, {"contrast": "portal", "direction": "oblique"}, "c3547238f2bbb8338cb74713c6be97b9644f868fe5377ade952ef86c55561b5d"),
+]
+
+
+@pytest.mark.parametrize(("seed", "kwargs", "expected"), PHANTOM_SHA256)
+def test_phantom_bytes_unchanged(seed, kwargs, expected):
+    image, label, _ = generate_ct_case_with_info(np.random.default_rng([seed, 0]), resolution=RES, **kwargs)
+    digest = hashlib.sha256()
+    for im in (image, label):
+        digest.update(sitk.GetArrayViewFromImage(im).tobytes())
+        digest.update(repr((im.GetSize(), im.GetSpacing(), im.GetOrigin(), im.GetDirection())).encode())
+    assert digest.hexdigest() == expected
+
+
+def test_phantom_scan_has_the_exact_grid():
+    """The benchmark's scan: a phantom on exactly the asked size and spacing, LPS, int16, air outside the body."""
+    image = phantom_scan((48, 40, 20), (2.5, 2.5, 3.0), seed=0)
+    assert image.GetSize() == (48, 40, 20) and image.GetSpacing() == (2.5, 2.5, 3.0)
+    assert image.GetDirection() == (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+    assert image.GetPixelID() == sitk.sitkInt16
+    arr = sitk.GetArrayViewFromImage(image)
+    assert arr[:, 0, 0].max() <= -900  # a corner is air
+    assert arr.max() > 300 and 0.3 < (arr > -500).mean() < 0.95  # bone, and a body that fills part of the view
+    again = phantom_scan((48, 40, 20), (2.5, 2.5, 3.0), seed=0)
+    assert np.array_equal(sitk.GetArrayViewFromImage(again), arr)
 
 
 def test_dataset_layout_and_cli(tmp_path, capsys):

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import json
 
-import pytest
 
 from agn_cli.runtime.checkpoint import load_checkpoint, read_card
-from agn_cli.errors import AgnError
-from agn_cli.apps.weights_init import parse_labels, parse_size
 from tests.test_segment import run_cli
 
 
@@ -83,19 +80,6 @@ def test_list_reads_agn_weights_folders(tmp_path, capsys, monkeypatch):
     from agn_cli.runtime.checkpoint import find_default_weights
 
     assert find_default_weights("segmentation") == folder / "ct.safetensors"
-
-
-def test_label_and_size_parsing():
-    assert parse_labels("spleen, liver", background=True) == {0: "background", 1: "spleen", 2: "liver"}
-    assert parse_labels("1:spleen,5:liver,pancreas", background=True) == {0: "background", 1: "spleen", 5: "liver", 6: "pancreas"}
-    assert parse_labels("a,b", background=False) == {0: "a", 1: "b"}
-    for bad in ("", "1:a,1:b", "300:x", "x:y"):
-        with pytest.raises(AgnError):
-            parse_labels(bad, background=True)
-    assert parse_size("160x160x96", 3, "--patch") == [160, 160, 96]
-    assert parse_size("2", 3, "--spacing", float) == [2.0, 2.0, 2.0]
-    with pytest.raises(AgnError):
-        parse_size("1x2", 3, "--patch")
 
 
 def test_unknown_model_is_one_line(tmp_path, capsys):

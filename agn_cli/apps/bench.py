@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import platform
-import re
 import resource
 import socket
 import statistics
@@ -29,29 +28,11 @@ from torch import nn
 
 from agn_cli import __version__
 from agn_cli.errors import AgnError
+from agn_cli.models.unet import PAPER_CT_LABELS
+from agn_cli.runtime.parsing import parse_size
 
 STAGES = ("model", "window", "e2e")
 MODES = ("forward", "train")
-PAPER_CT_LABELS = {0: "background", 1: "pancreas", 2: "spleen", 3: "kidney"}  # paper CT-150: 3 organs
-
-
-# ------------------------------------------------------------------------------------------------- parsing
-
-
-def parse_size(text: str, dims: int, what: str = "--size", cast: Callable[[str], Any] = int, model: str = "") -> tuple:
-    """'160x160x96' -> (160, 160, 96); fails with a one-line AgnError that says what shape is expected."""
-    example = {2: "208x272", 3: "160x160x96"}[dims]
-    parts = [p for p in re.split(r"[x×,\s]+", (text or "").strip().lower()) if p]
-    try:
-        values = tuple(cast(p) for p in parts)
-    except ValueError:
-        raise AgnError(f"{what} must look like {example}, got '{text}'") from None
-    if len(values) != dims:
-        subject = f"{model} is a {dims}D model, so " if model else ""
-        raise AgnError(f"{subject}{what} needs {dims} numbers like {example}, got '{text}'")
-    if min(values) <= 0:
-        raise AgnError(f"{what} must be positive numbers like {example}, got '{text}'")
-    return values
 
 
 # ---------------------------------------------------------------------------------------------- environment
@@ -261,7 +242,11 @@ def run_benchmark(cfg: BenchConfig, progress: Callable[[str], None] | None = Non
     model, entry = build_model(cfg)
     if cfg.stage in ("window", "e2e") and (entry.dims != 3 or entry.task != "segmentation"):
         raise AgnError(f"--stage {cfg.stage} runs a 3D segmentation model; {cfg.model} is a {entry.dims}D {entry.task} model")
-    size = parse_size(cfg.size or {3: "160x160x96", 2: "208x272"}[entry.dims], entry.dims, "--size", model=cfg.model)
+    default_size = {3: "160x160x96", 2: "208x272"}[entry.dims]
+    try:
+        size = parse_size(cfg.size or default_size, entry.dims, example=default_size)
+    except AgnError as exc:
+        raise AgnError(f"{cfg.model} is a {entry.dims}D model: {exc}") from None
     device = _setup_device(cfg)
     from agn_cli.models import count_parameters
 
@@ -395,7 +380,7 @@ def _bench_model(model: nn.Module, entry: Any, size: tuple, device: torch.device
 def _bench_window(model: nn.Module, size: tuple, device: torch.device, cfg: BenchConfig, say) -> dict[str, Any]:
     from agn_cli.ct.sliding_window import predict_volume, window_starts
 
-    scan = parse_size(cfg.scan_size or "256x256x160", 3, "--scan-size")
+    scan = parse_size(cfg.scan_size or "256x256x160", 3, what="--scan-size")
     generator = torch.Generator().manual_seed(cfg.seed)
     volume = torch.randn((int(getattr(model, "in_channels", 1)), *scan), generator=generator)
     windows = int(np.prod([len(window_starts(s, min(p, s), cfg.overlap)) for s, p in zip(scan, size)]))
@@ -440,45 +425,6 @@ def _bench_window(model: nn.Module, size: tuple, device: torch.device, cfg: Benc
 # ---------------------------------------------------------------------------------------------- stage: e2e
 
 
-def synthetic_ct(size: Sequence[int], spacing: Sequence[float], seed: int = 0):
-    """A cheap abdomen-like CT (int16 HU): air outside an elliptical body, fat/soft tissue, a few organ blobs, noise.
-
-    Built slice by slice so memory stays near the int16 volume itself; it is for timing, not for accuracy.
-    """
-    import SimpleITK as sitk
-
-    nx, ny, nz = (int(v) for v in size)
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:ny, 0:nx].astype(np.float32)
-    cx, cy = nx / 2.0, ny / 2.0
-    body = ((xx - cx) / (0.42 * nx)) ** 2 + ((yy - cy) / (0.33 * ny)) ** 2 <= 1.0
-    inner = ((xx - cx) / (0.36 * nx)) ** 2 + ((yy - cy) / (0.27 * ny)) ** 2 <= 1.0
-    organs = [
-        (0.35, 0.45, 0.10, 0.12, 60),  # liver-ish
-        (0.68, 0.42, 0.06, 0.07, 50),  # spleen-ish
-        (0.40, 0.62, 0.04, 0.05, 35),  # kidney-ish
-        (0.62, 0.62, 0.04, 0.05, 35),
-    ]
-    array = np.empty((nz, ny, nx), dtype=np.int16)  # SimpleITK order (z, y, x)
-    for k in range(nz):
-        t = k / max(nz - 1, 1)
-        plane = np.full((ny, nx), -1000.0, dtype=np.float32)
-        plane[body] = -100.0
-        plane[inner] = 40.0
-        for ox, oy, rx, ry, hu in organs:
-            scale = max(0.0, 1.0 - ((t - 0.5) / 0.35) ** 2)
-            if scale <= 0:
-                continue
-            mask = ((xx - ox * nx) / (rx * nx * scale + 1e-6)) ** 2 + ((yy - oy * ny) / (ry * ny * scale + 1e-6)) ** 2 <= 1.0
-            plane[mask] = hu
-        plane += rng.normal(0.0, 12.0, size=plane.shape).astype(np.float32)
-        array[k] = np.clip(plane, -1024, 3071).astype(np.int16)
-    image = sitk.GetImageFromArray(array)
-    del array
-    image.SetSpacing([float(s) for s in spacing])
-    return image
-
-
 def _e2e_card(model: nn.Module, size: tuple) -> Any:
     from agn_cli.runtime.checkpoint import ModelCard
     from agn_cli.ct.preprocess import DEFAULT_CT_NORMALISATION
@@ -512,11 +458,13 @@ def _bench_e2e(model: nn.Module, size: tuple, device: torch.device, cfg: BenchCo
         else:
             import SimpleITK as sitk
 
-            scan = parse_size(cfg.scan_size or "512x512x300", 3, "--scan-size")
-            spacing = parse_size(cfg.scan_spacing or "0.8x0.8x1.5", 3, "--scan-spacing", cast=float)
-            say(f"writing a synthetic {'x'.join(map(str, scan))} CT ({'x'.join(f'{s:g}' for s in spacing)} mm)")
+            from agn_cli.synth.ct_phantom import phantom_scan
+
+            scan = parse_size(cfg.scan_size or "512x512x300", 3, what="--scan-size")
+            spacing = parse_size(cfg.scan_spacing or "0.8x0.8x1.5", 3, what="--scan-spacing", cast=float, example="0.8x0.8x1.5")
+            say(f"writing a synthetic {'x'.join(map(str, scan))} CT phantom ({'x'.join(f'{s:g}' for s in spacing)} mm)")
             source = tmpdir / "synthetic_ct.nii.gz"
-            image = synthetic_ct(scan, spacing, seed=cfg.seed)
+            image = phantom_scan(scan, spacing, seed=cfg.seed)
             sitk.WriteImage(image, str(source), useCompression=True)
             del image
             record["scan_size"], record["scan_spacing"] = list(scan), list(spacing)

@@ -3,56 +3,16 @@ end to end without trained weights, with the same card a trained model would car
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import torch
 
 from agn_cli.runtime.checkpoint import ModelCard, save_checkpoint
 from agn_cli.errors import AgnError
+from agn_cli.runtime.parsing import parse_labels, parse_size
 
 DEFAULT_CT_PATCH = [160, 160, 96]  # x, y, z at 2 mm (Oktay et al. 2018 train on 160x160x96 crops)
 DEFAULT_FRAME_PATCH = [224, 288]  # rows, cols of SonoNet input frames
-
-
-def parse_labels(text: str, background: bool) -> dict[int, str]:
-    """'a,b,c' -> {0: background, 1: a, ...} (or {0: a, ...} without background); 'id:name' items keep their id."""
-    items = [item.strip() for item in text.split(",") if item.strip()]
-    if not items:
-        raise AgnError("--labels needs at least one name, e.g. --labels spleen,pancreas,kidney")
-    labels: dict[int, str] = {0: "background"} if background else {}
-    next_id = 1 if background else 0
-    for item in items:
-        if ":" in item:
-            key, name = (part.strip() for part in item.split(":", 1))
-            if not key.isdigit():
-                raise AgnError(f"label '{item}' must be NAME or ID:NAME with a non-negative integer ID")
-            label_id = int(key)
-        else:
-            label_id, name = next_id, item
-        if not name:
-            raise AgnError(f"label '{item}' has no name")
-        if label_id in labels:
-            raise AgnError(f"label id {label_id} given twice ({labels[label_id]}, {name})")
-        if label_id > 255:
-            raise AgnError(f"label id {label_id} does not fit the uint8 label maps agn writes (0..255)")
-        labels[label_id] = name
-        next_id = max(next_id, label_id + 1)
-    return labels
-
-
-def parse_size(text: str, dims: int, what: str, cast=int) -> list:
-    """'160x160x96' -> [160, 160, 96]; one number is repeated `dims` times."""
-    parts = [p for p in re.split(r"[x,\s]+", text.strip().lower()) if p]
-    try:
-        values = [cast(p) for p in parts]
-    except ValueError:
-        raise AgnError(f"{what} must look like {'x'.join(['N'] * dims)}, got '{text}'") from None
-    if len(values) == 1:
-        values = values * dims
-    if len(values) != dims or min(values) <= 0:
-        raise AgnError(f"{what} must be {dims} positive numbers like {'x'.join(['N'] * dims)}, got '{text}'")
-    return values
 
 
 def init_checkpoint(
@@ -91,9 +51,9 @@ def init_checkpoint(
             model_kwargs=kwargs,
             task="segmentation",
             labels=label_map,
-            spacing=parse_size(str(spacing if spacing is not None else "2.0"), 3, "--spacing", float),
+            spacing=list(parse_size(str(spacing if spacing is not None else "2.0"), 3, what="--spacing", cast=float, example="2x2x2")),
             normalisation=dict(DEFAULT_CT_NORMALISATION),
-            patch_size=parse_size(patch, 3, "--patch") if patch else list(DEFAULT_CT_PATCH),
+            patch_size=list(parse_size(patch, 3, what="--patch")) if patch else list(DEFAULT_CT_PATCH),
             notes=f"random initialisation, seed {seed}; for pipeline tests and benchmarks only",
             default=default,
         )
@@ -104,7 +64,7 @@ def init_checkpoint(
             task="classification",
             labels=label_map,
             normalisation={"type": "zscore"},
-            patch_size=parse_size(patch, 2, "--patch") if patch else list(DEFAULT_FRAME_PATCH),
+            patch_size=list(parse_size(patch, 2, what="--patch")) if patch else list(DEFAULT_FRAME_PATCH),
             notes=f"random initialisation, seed {seed}; for pipeline tests and benchmarks only",
             default=default,
         )

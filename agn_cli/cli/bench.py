@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from agn_cli.cli.console import err, out, print_json
+from agn_cli.runtime.jsonio import dumps
 
 
 def _gib(n: int | None) -> str:
@@ -108,7 +109,6 @@ def command(
     json_output: bool = typer.Option(False, "--json", help="Print JSON only."),
 ) -> None:
     """Benchmark a network: median/min ms, items/s, peak memory; --compare eager prints the fast path's speed-up."""
-    import json
 
     from agn_cli.apps.bench import BenchConfig, run_benchmark
     from agn_cli.errors import AgnError
@@ -131,7 +131,7 @@ def command(
     say = (lambda message: None) if json_output else (lambda message: err.print(f"[dim]{message}[/dim]"))
     record = run_benchmark(cfg, progress=say)
     if output is not None:
-        write_text_atomic(output, json.dumps(record, indent=2) + "\n", overwrite=overwrite)
+        write_text_atomic(output, dumps(record), overwrite=overwrite)
     if json_output:
         print_json(record)
     else:

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from agn_cli.cli.console import err, note, out, print_json, warn
 from agn_cli.errors import AgnError
+from agn_cli.runtime.parsing import parse_label_ids
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -29,29 +30,6 @@ def _fmt(value: Any, digits: int = 3) -> str:
     if isinstance(value, float):
         return "-" if not math.isfinite(value) else f"{value:.{digits}f}"
     return str(value)
-
-
-def _jsonable(obj: Any) -> Any:
-    """NaN/inf become null so that strict JSON parsers accept the output."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    return obj
-
-
-def _parse_labels(text: Optional[str]) -> Optional[list[int]]:
-    if text is None:
-        return None
-    try:
-        labels = [int(part) for part in text.replace(" ", "").split(",") if part]
-    except ValueError:
-        raise AgnError(f"--labels must be comma-separated integer ids such as 1,2,5 (got '{text}')") from None
-    if not labels or any(v <= 0 for v in labels):
-        raise AgnError(f"--labels must list positive ids (0 is background); got '{text}'")
-    return sorted(set(labels))
 
 
 def _cm_cell(count: int, diagonal: bool) -> str:
@@ -90,7 +68,7 @@ def seg(
     from agn_cli.runtime.atomic import check_writable, write_text_atomic
     from agn_cli.metrics import segmentation as S
 
-    label_ids = _parse_labels(labels)
+    label_ids = parse_label_ids(labels) if labels is not None else None
     label_names = S.load_label_names(names) if names is not None else None
     for path in (pred, gt):
         if not path.exists():
@@ -118,7 +96,7 @@ def seg(
     if csv_path is not None:
         write_text_atomic(csv_path, S.rows_to_csv(rows), overwrite=overwrite)
     if as_json:
-        print_json(_jsonable(result))
+        print_json(result)
         if csv_path is not None:
             note(f"wrote {csv_path}")
         return
@@ -230,7 +208,7 @@ def cls(
             shown = ", ".join(result[key][:10]) + (" ..." if len(result[key]) > 10 else "")
             warn(f"{len(result[key])} {what}: {shown}")
     if as_json:
-        print_json(_jsonable(result))
+        print_json(result)
         return
 
     title = (

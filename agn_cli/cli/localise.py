@@ -1,119 +1,19 @@
 """`agn localise`: boxes from attention, and with --gt the paper's Table 7 metrics (IoU, Correctness, Relative Corr.).
 
-Ground truth (`--gt`): a CSV with columns path,x0,y0,x1,y1 (optional frame, label), matched to inputs by path, file
-name or stem; or a folder of masks whose bounding box is the target, matched by stem with an optional mask suffix
-(`004_HC.png` <-> `004_HC_Mask.png`). Per-class rows use the ground-truth label (CSV `label` column or --gt-label),
-else the predicted label. Exit codes as for `agn classify`; plus 2 when --gt matches no input.
+Ground truth (`--gt`, read by agn_cli.us.ground_truth): a CSV with columns path,x0,y0,x1,y1 (optional frame, label)
+or a folder of masks. Per-class rows use the ground-truth label (CSV `label` column or --gt-label), else the
+predicted label. Exit codes as for `agn classify`; plus 2 when --gt matches no input.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 from pathlib import Path
 from typing import Any, List, Optional
 
 import typer
 
 from agn_cli.cli.console import out, print_json, warn
-from agn_cli.errors import AgnError
-
-MASK_SUFFIXES = ("_mask", "-mask", "_seg", "_gt", "_label", "_annotation", "_segmentation")
-
-
-def _mask_key(stem: str) -> str:
-    key = stem.lower()
-    for suffix in MASK_SUFFIXES:
-        if key.endswith(suffix):
-            return key[: -len(suffix)]
-    return key
-
-
-class GroundTruth:
-    """Target boxes (x0, y0, x1, y1) for inputs, from a CSV of boxes or a folder of masks."""
-
-    def __init__(self, source: Path, label: Optional[str] = None) -> None:
-        self.source = source
-        self.label = label
-        self.boxes: dict[str, list[tuple[list[float], Optional[str], Optional[int]]]] = {}
-        self.masks: dict[str, Path] = {}
-        if source.is_dir():
-            from agn_cli.us.frames import IMAGE_SUFFIXES
-
-            for mask in sorted(source.rglob("*")):
-                if mask.is_file() and mask.suffix.lower() in IMAGE_SUFFIXES:
-                    self.masks.setdefault(_mask_key(mask.stem), mask)
-            if not self.masks:
-                raise AgnError(f"--gt folder {source} holds no mask images (PNG, TIFF, ...)")
-        elif source.is_file():
-            self._read_csv(source)
-        else:
-            raise AgnError(f"--gt {source} not found; give a CSV of boxes (path,x0,y0,x1,y1) or a folder of masks")
-
-    def _read_csv(self, source: Path) -> None:
-        try:
-            with open(source, newline="", encoding="utf-8") as fh:
-                reader = csv.DictReader(fh)
-                columns = {c.strip().lower() for c in (reader.fieldnames or [])}
-                if not {"path", "x0", "y0", "x1", "y1"} <= columns:
-                    raise AgnError(f"--gt {source} needs a header with path,x0,y0,x1,y1 (optional frame,label)")
-                for n, row in enumerate(reader, start=2):
-                    row = {k.strip().lower(): (v or "").strip() for k, v in row.items() if k}
-                    try:
-                        box = [float(row[k]) for k in ("x0", "y0", "x1", "y1")]
-                        frame = int(row["frame"]) if row.get("frame") else None
-                    except ValueError:
-                        raise AgnError(f"--gt {source} line {n}: box coordinates must be numbers") from None
-                    if box[2] <= box[0] or box[3] <= box[1]:
-                        raise AgnError(f"--gt {source} line {n}: need x1 > x0 and y1 > y0")
-                    entry = (box, row.get("label") or None, frame)
-                    for key in {row["path"], Path(row["path"]).name, Path(row["path"]).stem}:
-                        self.boxes.setdefault(key.lower(), []).append(entry)
-        except (OSError, UnicodeDecodeError) as exc:
-            raise AgnError(f"cannot read --gt {source}: {exc}") from exc
-
-    def lookup(self, path: str, frame: int) -> tuple[Optional[list[list[float]]], Optional[str], str]:
-        """(boxes or None, label, status) where status is 'ok', 'unmatched' or 'empty' (mask without foreground)."""
-        p = Path(path)
-        if self.masks:
-            mask = self.masks.get(p.stem.lower())
-            if mask is None:
-                return None, None, "unmatched"
-            import cv2
-
-            from agn_cli.us.localisation import mask_box
-
-            image = cv2.imread(str(mask), cv2.IMREAD_UNCHANGED)
-            if image is None:
-                raise AgnError(f"cannot read mask {mask}")
-            box = mask_box(image)
-            return ([box] if box else None), self.label, "ok" if box else "empty"
-        for key in (path, p.name, p.stem):
-            entries = self.boxes.get(key.lower())
-            if entries:
-                chosen = [e for e in entries if e[2] is None or e[2] == frame]
-                if not chosen:
-                    return None, None, "unmatched"
-                return [e[0] for e in chosen], chosen[0][1] or self.label, "ok"
-        return None, None, "unmatched"
-
-
-def metrics_table(table: dict[str, dict[str, float]]):
-    from rich.table import Table
-
-    view = Table(title="localisation (attention paper, Table 7)", title_justify="left")
-    for name, justify in (("class", "left"), ("n", "right"), ("IoU mean (std)", "right"), ("Correctness", "right"),
-                          ("Rel. Correctness", "right")):
-        view.add_column(name, justify=justify)  # type: ignore[arg-type]
-    for label, row in table.items():
-        view.add_row(
-            f"[bold]{label}[/bold]" if label == "all" else label,
-            str(row["n"]),
-            f"{row['iou_mean']:.3f} ({row['iou_std']:.3f})",
-            f"{row['correctness']:.3f}",
-            f"{row['relative_correctness']:.3f}",
-        )
-    return view
+from agn_cli.cli.frames_view import classify_with_progress, frames_table, metrics_table, summary_table
 
 
 def command(
@@ -139,23 +39,17 @@ def command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
 ) -> None:
     """Weakly supervised localisation: one box per frame from the classifier's attention (no backpropagation)."""
-    from agn_cli.us.classifier import Classifier
-    from agn_cli.cli.classify import (
-        check_output,
-        check_overlays,
-        frames_table,
-        localisation_params,
-        overlay_writer,
-        run_classifier,
-        summary_table,
-    )
     from agn_cli.runtime.device import configure_cpu_threads, resolve_device
+    from agn_cli.us.classifier import Classifier
+    from agn_cli.us.ground_truth import GroundTruth, score_frames
+    from agn_cli.us.localisation import LocalisationParams
+    from agn_cli.us.outputs import check_overlay_folder, check_result_file, overlay_writer, write_results
     from agn_cli.us.preprocess import parse_crop
-    from agn_cli.us.localisation import box_iou, localisation_table
 
-    check_output(output, overwrite)
-    check_overlays(overlays, overwrite)
-    params = localisation_params(blur_sigma, threshold, select, normalise, min_area, step)
+    check_result_file(output, overwrite)
+    check_overlay_folder(overlays, overwrite)
+    params = LocalisationParams(blur_sigma=blur_sigma, threshold=threshold, select=select, normalise=normalise,  # type: ignore[arg-type]
+                                min_area=min_area, step=step)
     truth = GroundTruth(gt, gt_label) if gt is not None else None
     torch_device = resolve_device(device)
     configure_cpu_threads()
@@ -164,31 +58,20 @@ def command(
         keep_attention=overlays is not None, keep_images=overlays is not None, localisation=params,
         target_label=target_class,
     )
-    results, summary = run_classifier(classifier, inputs, every, batch_size, not json_out, overlay_writer(overlays))
+    results, summary = classify_with_progress(classifier, inputs, every, batch_size, not json_out, overlay_writer(overlays))
     frames = [r.to_dict() for r in results]
     payload: dict[str, Any] = {"frames": frames, "summary": summary.to_dict(), "parameters": vars(params).copy()}
     if truth is not None:
-        records, status_count = [], {"ok": 0, "unmatched": 0, "empty": 0}
-        for row in frames:
-            boxes, label, status = truth.lookup(row["path"], row["frame"])
-            status_count[status] += 1
-            row["gt_box"], row["iou"] = None, None
-            if boxes is None:
-                continue
-            best = max(boxes, key=lambda b: box_iou(row["box"], b) if row["box"] else 0.0)
-            row["gt_box"] = best
-            row["iou"] = round(box_iou(row["box"], best), 4) if row["box"] else 0.0
-            records.append((label or row["label"], row["iou"]))
-        if not records:
-            raise AgnError(f"--gt {gt} matched none of the {len(frames)} frames; check the file names (or CSV paths)")
-        if status_count["unmatched"]:
-            warn(f"{status_count['unmatched']} frame(s) have no ground truth in {gt}; left out of the metrics")
-        if status_count["empty"]:
-            warn(f"{status_count['empty']} mask(s) are empty (no object); left out of the metrics")
-        payload["metrics"] = localisation_table(records)
-        payload["summary"]["gt_matched"] = status_count["ok"]
+        scoring = score_frames(frames, truth)
+        if scoring.counts["unmatched"]:
+            warn(f"{scoring.counts['unmatched']} frame(s) have no ground truth in {gt}; left out of the metrics")
+        if scoring.counts["empty"]:
+            warn(f"{scoring.counts['empty']} frame(s) have no object in the ground truth (empty mask or box row); "
+                 "left out of the metrics")
+        payload["metrics"] = scoring.metrics
+        payload["summary"]["gt_matched"] = scoring.counts["ok"]
     if output is not None:
-        _write(output, payload, overwrite)
+        write_results(output, payload, overwrite)
     if json_out:
         print_json(payload)
         return
@@ -197,25 +80,3 @@ def command(
         out.print(metrics_table(payload["metrics"]))
     extra = {"written": str(output)} if output is not None else {}
     out.print(summary_table(summary, "summary", extra))
-
-
-def _write(output: Path, payload: dict[str, Any], overwrite: bool) -> None:
-    """JSON as is; CSV gets the per-frame rows plus gt_box/iou columns."""
-    from agn_cli.runtime.atomic import write_text_atomic
-
-    if output.suffix.lower() != ".csv":
-        write_text_atomic(output, json.dumps(payload, indent=2) + "\n", overwrite)
-        return
-    import io
-
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["path", "frame", "label", "confidence", "x0", "y0", "x1", "y1", "box_score",
-                     "gt_x0", "gt_y0", "gt_x1", "gt_y1", "iou"])
-    for r in payload["frames"]:
-        box = r.get("box") or [""] * 4
-        gt_box = r.get("gt_box") or [""] * 4
-        writer.writerow([r["path"], r["frame"], r["label"], r["confidence"], *box,
-                         "" if r.get("box_score") is None else r["box_score"], *gt_box,
-                         "" if r.get("iou") is None else r["iou"]])
-    write_text_atomic(output, buffer.getvalue(), overwrite)

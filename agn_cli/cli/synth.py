@@ -10,7 +10,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from agn_cli.cli.console import err, out, print_json
-from agn_cli.errors import AgnError
+from agn_cli.runtime.parsing import parse_size
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -25,18 +25,6 @@ def _progress(json_output: bool) -> Progress:
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=err, disable=json_output, transient=True,
     )
-
-
-def _parse_size_mm(text: Optional[str]) -> Optional[tuple[float, float, float]]:
-    if text is None:
-        return None
-    try:
-        parts = [float(v) for v in text.lower().replace(",", "x").split("x")]
-    except ValueError:
-        raise AgnError(f"--size-mm must look like XxYxZ in mm, e.g. 400x400x250; got {text!r}") from None
-    if len(parts) != 3 or min(parts) <= 0:
-        raise AgnError(f"--size-mm must give three positive sizes XxYxZ in mm, e.g. 400x400x250; got {text!r}")
-    return parts[0], parts[1], parts[2]
 
 
 @app.command("ct")
@@ -61,12 +49,13 @@ def ct(
     """Synthetic abdominal CT phantoms with spleen, kidney, liver and pancreas labels (nnU-Net v2 layout)."""
     from agn_cli.synth.ct_phantom import write_ct_dataset
 
+    fov = parse_size(size_mm, 3, what="--size-mm", cast=float, example="400x400x250") if size_mm is not None else None
     t0 = time.perf_counter()
     with _progress(json_output) as bar:
         task = bar.add_task("phantoms", total=cases)
         infos = write_ct_dataset(
             output, cases, seed=seed, resolution=resolution, direction=direction, contrast=contrast,
-            size_mm=_parse_size_mm(size_mm), crop=not whole, overwrite=overwrite,
+            size_mm=fov, crop=not whole, overwrite=overwrite,
             progress=lambda i, info: bar.advance(task),
         )
     seconds = time.perf_counter() - t0
@@ -99,9 +88,9 @@ def us(
     json_output: bool = typer.Option(False, "--json", help="Print JSON only."),
 ) -> None:
     """Ultrasound-like plane frames (PNG) with labels.csv, boxes.csv and head masks."""
-    from agn_cli.synth.us_frames import parse_size, write_us_dataset
+    from agn_cli.synth.us_frames import FRAME_SIDE_RANGE, write_us_dataset
 
-    hw = parse_size(size)
+    hw = parse_size(size, 2, low=FRAME_SIDE_RANGE[0], high=FRAME_SIDE_RANGE[1])
     t0 = time.perf_counter()
     with _progress(json_output) as bar:
         task = bar.add_task("frames", total=frames)

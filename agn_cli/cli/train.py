@@ -12,6 +12,7 @@ import typer
 
 from agn_cli.cli.console import note, print_json
 from agn_cli.errors import AgnError
+from agn_cli.runtime.parsing import parse_axes, parse_size
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -53,31 +54,6 @@ def session_options(command):
 @app.callback()
 def callback() -> None:
     """Train a segmentation network (CT) or a plane classifier (ultrasound)."""
-
-
-def parse_triple(text: str, what: str, kind=float) -> tuple:
-    """'160x160x96' -> (160, 160, 96); a single number is used on every axis."""
-    parts = text.lower().replace(",", "x").split("x")
-    try:
-        values = tuple(kind(p) for p in parts)
-    except ValueError:
-        raise AgnError(f"{what} '{text}' is not N or NxNxN (e.g. 160x160x96)") from None
-    if len(values) == 1:
-        values = values * 3
-    if len(values) != 3 or min(values) <= 0:
-        raise AgnError(f"{what} '{text}' must be one or three positive numbers (x, y, z)")
-    return values
-
-
-def parse_axes(text: str) -> tuple[int, ...]:
-    text = text.strip().lower()
-    if text in ("", "none"):
-        return ()
-    names = {"x": 0, "y": 1, "z": 2, "0": 0, "1": 1, "2": 2}
-    try:
-        return tuple(sorted({names[t.strip()] for t in text.split(",")}))
-    except KeyError:
-        raise AgnError(f"--flip '{text}' must be none or a comma list of x, y, z") from None
 
 
 def _relaunch(gpus: int) -> bool:
@@ -155,8 +131,8 @@ def seg(
         **{k: ctx.params[k] for k in same}, flip_axes=parse_axes(flip), intensity_scale=intensity,
         intensity_shift=intensity, noise_std=noise,
     )
-    _train(ctx, SegTrainConfig, train_seg, "segment", aug, patch=parse_triple(patch, "--patch", int),
-           spacing=parse_triple(spacing, "--spacing", float), ce_weight=1.0 if loss == "dice+ce" else 0.0,
+    _train(ctx, SegTrainConfig, train_seg, "segment", aug, patch=parse_size(patch, 3, what="--patch"),
+           spacing=parse_size(spacing, 3, what="--spacing", cast=float, example="2x2x2"), ce_weight=1.0 if loss == "dice+ce" else 0.0,
            p_foreground=fg_oversample)
 
 
@@ -186,17 +162,6 @@ def _finish(summary: dict, as_json: bool, command: str) -> None:
         print_json(summary)
     else:
         note(f"done: {summary['run']} (best checkpoint: best.safetensors); use it with 'agn {command} --weights {summary['run']}'")
-
-
-def parse_pair(text: str, what: str) -> tuple[int, int]:
-    parts = text.lower().split("x")
-    try:
-        values = tuple(int(p) for p in parts)
-    except ValueError:
-        raise AgnError(f"{what} '{text}' is not ROWSxCOLS (e.g. 224x288)") from None
-    if len(values) != 2 or min(values) <= 0:
-        raise AgnError(f"{what} '{text}' must be two positive integers ROWSxCOLS")
-    return values  # type: ignore[return-value]
 
 
 @app.command("cls")
@@ -251,4 +216,4 @@ def cls(
         intensity_scale=intensity, intensity_shift=intensity, noise_std=0.0,
     )
     _train(ctx, ClsTrainConfig, train_cls, "classify", aug, init=str(init) if init else None,
-           size=parse_pair(size, "--size"), crop_size=parse_pair(crop_size, "--crop-size"))
+           size=parse_size(size, 2, what="--size"), crop_size=parse_size(crop_size, 2, what="--crop-size"))

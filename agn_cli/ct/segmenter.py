@@ -8,7 +8,6 @@ plus one uint8 copy of the scan, never by full-resolution float per-class volume
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from agn_cli.runtime.checkpoint import ModelCard, load_checkpoint, resolve_check
 from agn_cli.errors import AgnError
 from agn_cli.ct.sliding_window import predict_volume
 from agn_cli.runtime.atomic import check_writable, full_suffix, write_text_atomic
+from agn_cli.runtime.jsonio import dumps
 from agn_cli.ct.volume import Geometry, read_volume, volume_stem, write_volume
 from agn_cli.ct.preprocess import PreparedVolume, prepare_ct
 
@@ -347,7 +347,7 @@ def segment_case(
         timings["write_s"] = time.perf_counter() - t0
         record["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
         record["sidecar"] = str(outputs.sidecar)
-        written.append(write_text_atomic(outputs.sidecar, json.dumps(record, indent=2) + "\n", overwrite=overwrite))
+        written.append(write_text_atomic(outputs.sidecar, dumps(record), overwrite=overwrite))
     except BaseException:
         for path in written:
             path.unlink(missing_ok=True)

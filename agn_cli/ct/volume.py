@@ -24,6 +24,7 @@ from agn_cli.errors import AgnError
 from agn_cli.runtime.atomic import atomic_path, full_suffix
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+LABEL_SUFFIXES = (".seg.nrrd",) + VOLUME_SUFFIXES  # label maps may also be Slicer segmentations
 _FLOAT_TYPES = {sitk.sitkFloat32, sitk.sitkFloat64}
 
 

@@ -21,13 +21,12 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from agn_cli.ct.volume import LABEL_SUFFIXES
 from agn_cli.errors import AgnError
+from agn_cli.us.frames import FRAME_SUFFIXES
 
 BUILTIN_MAPS = {"fetal-planes-db": "sononet_to_fetal_planes_db.json"}
-_IMAGE_SUFFIXES = (
-    ".nii.gz", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".dcm", ".dicom", ".nii", ".mha", ".nrrd",
-    ".avi", ".mp4", ".mov", ".npy", ".npz",
-)
+_IMAGE_SUFFIXES = FRAME_SUFFIXES + LABEL_SUFFIXES + (".gif", ".npy", ".npz")  # stripped from names to match files
 _NAME_COLUMNS = ("path", "filename", "file", "file_name", "image_name", "image", "name")
 _LABEL_COLUMNS = ("label", "sononet_label", "plane", "class", "prediction", "predicted")
 

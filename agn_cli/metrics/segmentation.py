@@ -27,10 +27,10 @@ import numpy as np
 from scipy import ndimage
 
 from agn_cli.ct.labels import label_array, present_labels, read_label_map
+from agn_cli.ct.volume import LABEL_SUFFIXES
 from agn_cli.errors import AgnError
 
 METRICS = ("dice", "precision", "recall", "s2s_mm", "hd95_mm", "hd_mm", "vol_pred_ml", "vol_gt_ml")
-LABEL_SUFFIXES = (".nii.gz", ".seg.nrrd", ".nii", ".nrrd", ".mha", ".mhd")
 _GEOMETRY_TOL = 1e-4
 
 

@@ -7,7 +7,8 @@ own weight. One implementation serves 2D (AG-Sononet) and 3D (Attention U-Net).
 
 from __future__ import annotations
 
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -64,47 +65,48 @@ def normalise_attention(scores: torch.Tensor, normalisation: str, eps: float = 1
     raise ValueError(f"unknown attention normalisation '{normalisation}'; choose one of {', '.join(NORMALISATIONS)}")
 
 
+@dataclass(frozen=True)
+class GateOptions:
+    """How a gate head is built; both gate classes take these as keyword arguments.
+
+    dim: 2 or 3. sub_sample: stride (and kernel) of theta; 2 in the 3D U-Net, 1 in AG-Sononet. normalisation: sigma2,
+    'sigmoid', 'softmax' or 'range'. output_transform: apply W (1x1 conv + norm) to the gated features, as the U-Net
+    gates do. phi_bias: the bias b of Eq. 1 on phi (the U-Net gates have it, the Sononet gates do not). norm: 'batch'
+    or 'instance', the normalisation layer of W (and of the multi-head fusion).
+    """
+
+    dim: int = 3
+    sub_sample: int = 2
+    normalisation: Normalisation = "sigmoid"
+    output_transform: bool = True
+    phi_bias: bool = True
+    norm: Norm = "batch"
+
+    def __post_init__(self) -> None:
+        if self.normalisation not in NORMALISATIONS:
+            raise ValueError(f"unknown attention normalisation '{self.normalisation}'; choose one of {', '.join(NORMALISATIONS)}")
+
+
 class GridAttentionGate(nn.Module):
     """One attention head: gated features alpha * x (optionally transformed by W) and the coefficients alpha.
 
-    Args:
-        in_channels: channels of the gated features x.
-        gating_channels: channels of the gating signal g.
-        inter_channels: channels of the intermediate space (F_int).
-        dim: 2 or 3.
-        sub_sample: stride (and kernel) of theta; 2 in the 3D U-Net, 1 in AG-Sononet.
-        normalisation: sigma2 - 'sigmoid', 'softmax' or 'range'.
-        output_transform: apply W (1x1 conv + BN) to the gated features, as the U-Net gates do.
-        phi_bias: the bias b of Eq. 1 on phi (the U-Net gates have it, the Sononet gates do not).
-        norm: 'batch' or 'instance', the normalisation layer of W.
+    `in_channels`: channels of the gated features x; `gating_channels`: of the gating signal g; `inter_channels`:
+    of the intermediate space (F_int, default in_channels // 2); keyword `options`: see `GateOptions`.
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        gating_channels: int,
-        inter_channels: int | None = None,
-        *,
-        dim: int = 3,
-        sub_sample: int = 2,
-        normalisation: Normalisation = "sigmoid",
-        output_transform: bool = True,
-        phi_bias: bool = True,
-        norm: Norm = "batch",
-    ) -> None:
+    def __init__(self, in_channels: int, gating_channels: int, inter_channels: int | None = None, **options: Any) -> None:
         super().__init__()
-        if normalisation not in NORMALISATIONS:
-            raise ValueError(f"unknown attention normalisation '{normalisation}'; choose one of {', '.join(NORMALISATIONS)}")
+        opts = GateOptions(**options)
         inter_channels = inter_channels or max(in_channels // 2, 1)
-        conv = conv_class(dim)
-        self.dim = dim
-        self.normalisation = normalisation
-        self.theta = conv(in_channels, inter_channels, kernel_size=sub_sample, stride=sub_sample, bias=False)
-        self.phi = conv(gating_channels, inter_channels, kernel_size=1, bias=phi_bias)
+        conv = conv_class(opts.dim)
+        self.dim = opts.dim
+        self.normalisation = opts.normalisation
+        self.theta = conv(in_channels, inter_channels, kernel_size=opts.sub_sample, stride=opts.sub_sample, bias=False)
+        self.phi = conv(gating_channels, inter_channels, kernel_size=1, bias=opts.phi_bias)
         self.psi = conv(inter_channels, 1, kernel_size=1, bias=True)
         self.output_transform = (
-            nn.Sequential(conv(in_channels, in_channels, kernel_size=1), norm_layer(norm, dim, in_channels))
-            if output_transform
+            nn.Sequential(conv(in_channels, in_channels, kernel_size=1), norm_layer(opts.norm, opts.dim, in_channels))
+            if opts.output_transform
             else nn.Identity()
         )
         self.reset_gate()
@@ -131,46 +133,25 @@ class GridAttentionGate(nn.Module):
 
 
 class MultiHeadAttentionGate(nn.Module):
-    """Several gate heads on the same skip connection, fused by 1x1 conv + BN + ReLU (paper §3.2).
+    """Several gate heads on the same skip connection, fused by 1x1 conv + norm + ReLU (paper §3.2).
 
-    Returns the fused gated features and alpha of every head stacked on the channel axis (N, heads, *spatial).
+    Takes the arguments of `GridAttentionGate` plus `heads`. Returns the fused gated features and alpha of every head
+    stacked on the channel axis (N, heads, *spatial).
     """
 
     def __init__(
-        self,
-        in_channels: int,
-        gating_channels: int,
-        inter_channels: int | None = None,
-        *,
-        heads: int = 2,
-        dim: int = 3,
-        sub_sample: int = 2,
-        normalisation: Normalisation = "sigmoid",
-        output_transform: bool = True,
-        phi_bias: bool = True,
-        norm: Norm = "batch",
+        self, in_channels: int, gating_channels: int, inter_channels: int | None = None, *, heads: int = 2, **options: Any
     ) -> None:
         super().__init__()
         if heads < 1:
             raise ValueError("an attention gate needs at least one head")
-        self.heads = nn.ModuleList(
-            GridAttentionGate(
-                in_channels,
-                gating_channels,
-                inter_channels,
-                dim=dim,
-                sub_sample=sub_sample,
-                normalisation=normalisation,
-                output_transform=output_transform,
-                phi_bias=phi_bias,
-                norm=norm,
-            )
-            for _ in range(heads)
-        )
-        conv = conv_class(dim)
+        opts = GateOptions(**options)
+        self.heads = nn.ModuleList(GridAttentionGate(in_channels, gating_channels, inter_channels, **options) for _ in range(heads))
+        conv = conv_class(opts.dim)
         self.fuse = (
             nn.Sequential(
-                conv(in_channels * heads, in_channels, kernel_size=1), norm_layer(norm, dim, in_channels), nn.ReLU(inplace=True)
+                conv(in_channels * heads, in_channels, kernel_size=1), norm_layer(opts.norm, opts.dim, in_channels),
+                nn.ReLU(inplace=True),
             )
             if heads > 1
             else nn.Identity()

@@ -11,13 +11,13 @@ Pooling rounds up, so any frame size works without padding and global pooling ne
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from agn_cli.models.attention_gate import GridAttentionGate, Normalisation
+from agn_cli.models.network import Network
 from agn_cli.models.registry import register_model
 
 Aggregation = Literal["mean", "concat", "deep-sup", "ft"]
@@ -61,72 +61,58 @@ def _widths(base_filters: int) -> list[int]:
     return [base_filters, 2 * base_filters, 4 * base_filters, 8 * base_filters, 8 * base_filters]
 
 
-class SonoNet(nn.Module):
-    """SonoNet: features, adaptation layers (1x1 conv + BN + ReLU, 1x1 conv + BN), global average pooling."""
+class _SonoNetBase(Network):
+    """The five-stage feature extractor SonoNet and AG-Sononet share.
 
-    def __init__(
-        self,
-        in_channels: int = 1,
-        num_classes: int = 14,
-        base_filters: int = 16,
-        n_convs: Sequence[int] = PAPER_N_CONVS,
-        conv_bias: bool = True,
-        bn_eps: float = 1e-5,
-    ) -> None:
+    in_channels, num_classes; base_filters: width of stage 1 (stages: F, 2F, 4F, 8F, 8F); n_convs: convolutions per
+    stage; conv_bias, bn_eps: as in the weights being matched (the published SonoNet: no bias, eps 1e-4).
+    """
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 14, base_filters: int = 16,
+                 n_convs: Sequence[int] = PAPER_N_CONVS, conv_bias: bool = True, bn_eps: float = 1e-5) -> None:
         super().__init__()
-        widths = _widths(base_filters)
         self.in_channels, self.num_classes = in_channels, num_classes
-        self.features = SonoNetFeatures(in_channels, widths, n_convs, conv_bias, bn_eps)
+        self.features = SonoNetFeatures(in_channels, _widths(base_filters), n_convs, conv_bias, bn_eps)
+        self.conv_bias, self.bn_eps = conv_bias, bn_eps
+
+
+class SonoNet(_SonoNetBase):
+    """SonoNet: features, adaptation layers (1x1 conv + BN + ReLU, 1x1 conv + BN), global average pooling.
+    Arguments: see `_SonoNetBase`."""
+
+    def __init__(self, **backbone: Any) -> None:
+        super().__init__(**backbone)
+        widths, bias, eps = self.features.widths, self.conv_bias, self.bn_eps
         self.adaptation = nn.Sequential(
-            *_conv_bn_relu(widths[4], widths[2], 1, conv_bias, bn_eps),
-            *_conv_bn_relu(widths[2], num_classes, 1, conv_bias, bn_eps, relu=False),
+            *_conv_bn_relu(widths[4], widths[2], 1, bias, eps),
+            *_conv_bn_relu(widths[2], self.num_classes, 1, bias, eps, relu=False),
         )
 
-    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return self.features(x)
-
-    def forward_head(self, stages: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits and the class activation maps (N, classes, H/16, W/16) they are the spatial mean of."""
-        cams = self.adaptation(stages[-1])
-        return cams.mean(dim=(2, 3)), cams
-
-    def forward_train(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        logits, _ = self.forward_head(self.forward_features(x))
-        return logits, []
-
-    def forward(self, x: torch.Tensor, return_attention: bool = False):
-        """Logits (N, classes); with `return_attention`, also {'cam': class activation maps}."""
-        logits, cams = self.forward_head(self.forward_features(x))
-        return (logits, {"cam": cams}) if return_attention else logits
+    def run(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], dict[str, torch.Tensor]]:
+        """Logits (the spatial mean of the class activation maps), no side logits, and {'cam': (N, classes, H/16, W/16)}."""
+        cams = self.adaptation(self.features(x)[-1])
+        return cams.mean(dim=(2, 3)), [], {"cam": cams}
 
 
-class AGSonoNet(nn.Module):
-    """AG-Sononet: attention-gated pooling of stage-3 and stage-4 features, gated by stage 5."""
+class AGSonoNet(_SonoNetBase):
+    """AG-Sononet: attention-gated pooling of stage-3 and stage-4 features, gated by stage 5.
 
-    def __init__(
-        self,
-        in_channels: int = 1,
-        num_classes: int = 14,
-        base_filters: int = 16,
-        n_convs: Sequence[int] = PAPER_N_CONVS,
-        aggregation: Aggregation = "mean",
-        attention_normalisation: Normalisation = "range",
-        conv_bias: bool = True,
-        bn_eps: float = 1e-5,
-    ) -> None:
-        super().__init__()
+    aggregation of the per-scale vectors: 'mean', 'concat', 'deep-sup' or 'ft'; attention_normalisation: sigma2 of
+    the gates ('range' in the paper); other arguments: see `_SonoNetBase`.
+    """
+
+    def __init__(self, aggregation: Aggregation = "mean", attention_normalisation: Normalisation = "range",
+                 **backbone: Any) -> None:
         if aggregation not in AGGREGATIONS:
             raise ValueError(f"unknown aggregation '{aggregation}'; choose one of {', '.join(AGGREGATIONS)}")
-        widths = _widths(base_filters)
-        self.in_channels, self.num_classes, self.aggregation = in_channels, num_classes, aggregation
-        self.features = SonoNetFeatures(in_channels, widths, n_convs, conv_bias, bn_eps)
-        gate_kwargs = dict(
-            dim=2, sub_sample=1, normalisation=attention_normalisation, output_transform=False, phi_bias=False
-        )
+        super().__init__(**backbone)
+        widths, num_classes = self.features.widths, self.num_classes
+        self.aggregation = aggregation
+        gate = dict(dim=2, sub_sample=1, normalisation=attention_normalisation, output_transform=False, phi_bias=False)
         self.gates = nn.ModuleDict(
             {
-                "stage3": GridAttentionGate(widths[2], widths[4], widths[4], **gate_kwargs),
-                "stage4": GridAttentionGate(widths[3], widths[4], widths[4], **gate_kwargs),
+                "stage3": GridAttentionGate(widths[2], widths[4], widths[4], **gate),
+                "stage4": GridAttentionGate(widths[3], widths[4], widths[4], **gate),
             }
         )
         scale_dims = (widths[2], widths[3], widths[4])  # gated stage 3, gated stage 4, pooled stage 5
@@ -162,34 +148,24 @@ class AGSonoNet(nn.Module):
             return self.classifier(torch.cat(descriptors, dim=1)), sides
         return self.classifier(torch.cat(sides, dim=1)), sides  # ft
 
-    def forward_train(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        descriptors, _ = self.forward_features(x)
-        return self.forward_head(descriptors)
-
-    def forward(self, x: torch.Tensor, return_attention: bool = False):
-        """Logits (N, classes); with `return_attention`, also {'stage3': alpha, 'stage4': alpha}."""
+    def run(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], dict[str, torch.Tensor]]:
+        """Aggregated logits, per-scale logits and {'stage3': alpha, 'stage4': alpha}."""
         descriptors, attention = self.forward_features(x)
-        logits, _ = self.forward_head(descriptors)
-        return (logits, attention) if return_attention else logits
+        logits, sides = self.forward_head(descriptors)
+        return logits, sides, attention
 
 
 _CLS_PAPER = {"in_channels": 1, "num_classes": 14}
 
+_FAMILIES = (
+    ("sononet", SonoNet, "SonoNet-{w} baseline, (3,3,3,2,2) convolutions (paper Table 5)."),
+    ("ag-sononet", AGSonoNet, "AG-Sononet-{w}: gates on stages 3 and 4, range normalisation (paper Table 5)."),
+)
 for _width in (8, 16, 32):
-    register_model(
-        f"sononet-{_width}",
-        task="classification",
-        dims=2,
-        paper_config={**_CLS_PAPER, "base_filters": _width},
-        description=f"SonoNet-{_width} baseline, (3,3,3,2,2) convolutions (paper Table 5).",
-    )(SonoNet)
-    register_model(
-        f"ag-sononet-{_width}",
-        task="classification",
-        dims=2,
-        paper_config={**_CLS_PAPER, "base_filters": _width},
-        description=f"AG-Sononet-{_width}: gates on stages 3 and 4, range normalisation (paper Table 5).",
-    )(AGSonoNet)
+    for _family, _network, _description in _FAMILIES:
+        register_model(f"{_family}-{_width}", task="classification", dims=2,
+                       paper_config={**_CLS_PAPER, "base_filters": _width},
+                       description=_description.format(w=_width))(_network)
 
 
 @register_model(

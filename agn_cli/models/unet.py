@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from agn_cli.models.attention_gate import MultiHeadAttentionGate, Norm, Normalisation, conv_class, interp_mode, norm_layer
+from agn_cli.models.network import Network
 from agn_cli.models.registry import register_model
 
 LEVELS = 5
@@ -38,7 +39,7 @@ def _upsample_to(x: torch.Tensor, size: torch.Size) -> torch.Tensor:
     return F.interpolate(x, size=size, mode=interp_mode(x.dim() - 2), align_corners=False)
 
 
-class UNet(nn.Module):
+class UNet(Network):
     """U-Net with deep-supervision heads, 2D or 3D (`dims`); `attention=True` gives the Attention U-Net."""
 
     def __init__(
@@ -114,19 +115,15 @@ class UNet(nn.Module):
             sides[i] = logits if logits.shape[2:] == size else _upsample_to(logits, size)
         return self.fuse(torch.cat(sides, dim=1)), sides
 
-    def forward_train(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Fused logits and side logits (level 1 first) for deep-supervision losses."""
-        decoded, _ = self.forward_features(x)
-        return self.forward_head(decoded, x.shape[2:])
-
-    def forward(self, x: torch.Tensor, return_attention: bool = False):
-        """Logits (N, classes, *x.spatial); with `return_attention`, also {gate name: alpha (N, heads, *grid)}."""
+    def run(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], dict[str, torch.Tensor]]:
+        """Fused logits (N, classes, *x.spatial), side logits (level 1 first) and {gate name: alpha (N, heads, *grid)}."""
         decoded, attention = self.forward_features(x)
-        logits, _ = self.forward_head(decoded, x.shape[2:])
-        return (logits, attention) if return_attention else logits
+        logits, sides = self.forward_head(decoded, x.shape[2:])
+        return logits, sides, attention
 
 
 _CT_PAPER = {"in_channels": 1, "num_classes": 4, "base_filters": 16}
+PAPER_CT_LABELS = {0: "background", 1: "pancreas", 2: "spleen", 3: "kidney"}  # the paper's CT-150 classes
 # The 2D configuration agn documents and tests: one grey-level channel, background + one structure (fetal head).
 _US_2D = {"in_channels": 1, "num_classes": 2, "base_filters": 16}
 

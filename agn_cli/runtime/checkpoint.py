@@ -24,6 +24,7 @@ from torch import nn
 from agn_cli import __version__
 from agn_cli.errors import AgnError
 from agn_cli.runtime.atomic import atomic_path, check_writable
+from agn_cli.runtime.jsonio import dumps
 
 CARD_FORMAT = 1
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth")
@@ -67,7 +68,7 @@ class ModelCard:
     def to_json(self) -> str:
         data = asdict(self)
         data["labels"] = {str(k): v for k, v in sorted(self.labels.items())}
-        return json.dumps(data, indent=2) + "\n"
+        return dumps(data)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelCard":

@@ -7,6 +7,7 @@ from agn_cli.synth.ct_phantom import (
     generate_ct_case,
     generate_ct_case_with_info,
     label_volumes_ml,
+    phantom_scan,
     write_ct_dataset,
 )
 from agn_cli.synth.us_frames import US_CLASSES, generate_us_frame, write_us_dataset
@@ -18,6 +19,7 @@ __all__ = [
     "generate_ct_case",
     "generate_ct_case_with_info",
     "label_volumes_ml",
+    "phantom_scan",
     "write_ct_dataset",
     "US_CLASSES",
     "generate_us_frame",

@@ -19,7 +19,6 @@ colon in front of the kidneys rather than beside them, and abdomen-pelvis fields
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import time
@@ -33,6 +32,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from agn_cli.errors import AgnError
+from agn_cli.runtime.jsonio import dumps
 
 LABELS: dict[str, int] = {
     "background": 0,
@@ -42,6 +42,10 @@ LABELS: dict[str, int] = {
     "liver": 4,
     "pancreas": 5,
 }
+ORGAN_NAMES: dict[int, str] = {label: name for name, label in LABELS.items() if label}  # id -> organ, no background
+# TotalSegmentator v2 "total" task ids of the same organs: the default CT model writes these, so its masks compare
+# directly with TotalSegmentator's (benchmarks/train_default_ct.py renumbers the phantom labels to them).
+TOTALSEGMENTATOR_IDS: dict[str, int] = {"spleen": 1, "kidney_right": 2, "kidney_left": 3, "liver": 5, "pancreas": 7}
 
 # Target volumes (mL) sampled per case: adult ranges.
 VOLUME_RANGES_ML: dict[str, tuple[float, float]] = {
@@ -329,145 +333,241 @@ class _Painter:
         self.paint(sl, m, hu, label, keep_labels=keep_labels)
 
 
-def _phantom(rng: np.random.Generator, grid: Grid, contrast: str) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
-    """Build one phantom on `grid`: returns (HU float32, label uint8, target volumes mL)."""
-    g, P = grid, _Painter(grid, rng)
-    pv = contrast == "portal"
-    X, Y, Z = g.x, g.y, g.z
+# The phantom is painted in a fixed order (later structures on top of earlier ones), and every random number is drawn
+# in that same order, so a seed always gives the same phantom: body wall -> thorax -> bowel -> back muscles -> organ
+# shapes -> duodenum -> organ HU -> vessels -> gallbladder -> organs -> fat planes -> bones -> pelvis.
 
-    # ---- body outline: superellipse whose half-axes vary slowly along z; patient lies supine on the table.
-    a0, b0 = _u(rng, 140, 185), _u(rng, 100, 135)
-    y_post = _u(rng, 75, 95)  # posterior skin behind the vertebral body centre
-    yc = y_post - b0
-    t_fat = _u(rng, 8, 35)
-    t_mus = _u(rng, 8, 14)
-    body_pow = _u(rng, 2.1, 2.6)
-    body_waves = Waves(rng, 3, (250, 500), 0.04, 1)
 
-    def body_rho(x, y, z, shrink=0.0):
-        s = 1.0 + body_waves(x * 0, y * 0, z)[0] + _F32(0.0004) * z  # slightly narrower towards the pelvis
-        a = a0 * s - shrink
-        b = b0 * s - shrink * 0.8
-        return (np.abs(x / a) ** body_pow + np.abs((y - yc) / b) ** body_pow) ** (1 / body_pow)
+@dataclass
+class _Body:
+    """The body outline: a superellipse whose half-axes vary slowly along z (patient supine on the table)."""
 
-    def cavity(x, y, z):
-        return body_rho(x, y, z, t_fat + t_mus) < 1.0
+    a0: float  # half width (mm)
+    b0: float  # half depth (mm)
+    yc: float  # centre in y
+    y_post: float  # posterior skin behind the vertebral body centre
+    t_fat: float  # subcutaneous fat (mm)
+    t_mus: float  # abdominal wall muscle (mm)
+    power: float
+    waves: Waves
+    in_cavity: Optional[np.ndarray] = None  # the abdominal / thoracic cavity on the whole grid (set by _body_wall)
 
-    body_r = body_rho(X, Y, Z)
-    in_body = body_r <= 1.0
-    P.hu[in_body] = rng.normal(-100, 6)  # subcutaneous fat
-    inner_fat = body_rho(X, Y, Z, t_fat) <= 1.0
-    P.hu[inner_fat] = _u(rng, 45, 58) + (8 if pv else 0)  # abdominal wall muscle
-    in_cav = body_rho(X, Y, Z, t_fat + t_mus) <= 1.0
-    P.hu[in_cav] = rng.normal(-95, 8)  # visceral / retroperitoneal fat
-    # a thin skin line
-    P.hu[in_body & (body_r > 1.0 - 2.0 / b0)] = 20.0
+    def rho(self, x, y, z, shrink=0.0):
+        """Normalised radius of the outline shrunk by `shrink` mm: < 1 inside."""
+        s = 1.0 + self.waves(x * 0, y * 0, z)[0] + _F32(0.0004) * z  # slightly narrower towards the pelvis
+        a = self.a0 * s - shrink
+        b = self.b0 * s - shrink * 0.8
+        return (np.abs(x / a) ** self.power + np.abs((y - self.yc) / b) ** self.power) ** (1 / self.power)
 
-    # ---- diaphragm domes (right higher); lungs above, abdomen below.
-    z_r = _u(rng, 95, 135)
-    z_l = z_r - _u(rng, 5, 25)
-    curv = _u(rng, 90, 130)
+    def cavity(self, x, y, z):
+        return self.rho(x, y, z, self.t_fat + self.t_mus) < 1.0
 
-    def dome(x, y):
-        dr = z_r - ((x + 70) ** 2 + (0.8 * (y + 40)) ** 2) / (2 * curv)
-        dl = z_l - ((x - 70) ** 2 + (0.8 * (y + 30)) ** 2) / (2 * curv)
+    def inside(self, x, y, z):
+        return self.rho(x, y, z) < 1.0
+
+
+@dataclass
+class _Diaphragm:
+    """Two domes (right higher): lungs above, abdomen below."""
+
+    z_r: float
+    z_l: float
+    curv: float
+
+    def height(self, x, y):
+        dr = self.z_r - ((x + 70) ** 2 + (0.8 * (y + 40)) ** 2) / (2 * self.curv)
+        dl = self.z_l - ((x - 70) ** 2 + (0.8 * (y + 30)) ** 2) / (2 * self.curv)
         return np.maximum(dr, dl)
 
-    def below_dome(x, y, z, margin=4.0):
-        return z < dome(x, y) - margin
+    def below(self, x, y, z, margin=4.0):
+        return z < self.height(x, y) - margin
 
-    sl, c = P.region((-250, -250, min(z_l, z_r) - 150), (250, 250, 400))
+
+@dataclass
+class _Abdomen:
+    """Inside the abdominal wall and `margin` mm under the diaphragm: where organs and bowel may be (a clip)."""
+
+    body: _Body
+    diaphragm: _Diaphragm
+    margin: float = 5.0
+
+    def __call__(self, x, y, z):
+        return self.body.cavity(x, y, z) & self.diaphragm.below(x, y, z, self.margin)
+
+
+class _Liver(Blob):
+    """The liver: union of a right and a left lobe, clipped to the abdomen; scaling it scales both lobes."""
+
+    def __init__(self, right: Blob, left: Blob, clip: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]):
+        super().__init__(right.center, right.semi, right.rot, clip=clip)
+        self.right, self.left = right, left
+
+    def inside(self, x, y, z):
+        self.right.scale = self.left.scale = self.scale
+        return (self.right.inside(x, y, z) | self.left.inside(x, y, z)) & self.clip(x, y, z)
+
+    def box(self):
+        lo1, hi1 = self.right.box()
+        lo2, hi2 = self.left.box()
+        return np.minimum(lo1, lo2), np.maximum(hi1, hi2)
+
+
+@dataclass
+class _Organs:
+    """The labelled organs' shapes, calibrated to the case's target volumes, and the landmarks vessels follow."""
+
+    targets: dict[str, float]
+    liver: _Liver
+    spleen: Blob
+    kidneys: dict[str, Blob]
+    kz: float  # kidney (renal hilum) level
+    pancreas: Tube
+    p_tail: np.ndarray
+    p_body: np.ndarray
+    p_head: np.ndarray
+
+
+@dataclass
+class _OrganHU:
+    """Hounsfield units of this case's organs and vessels (unenhanced or portal venous)."""
+
+    liver: float
+    spleen: float
+    pancreas: float
+    kidney_cortex: float
+    kidney_medulla: float
+    aorta: float
+    vein: float
+    hep_vessel: float
+
+
+def _jitter(rng: np.random.Generator, sd: float) -> np.ndarray:
+    return rng.normal(0, sd, 3)
+
+
+def _body_wall(rng: np.random.Generator, P: _Painter, pv: bool) -> _Body:
+    """Skin, subcutaneous fat, abdominal wall muscle and visceral fat on the whole grid."""
+    X, Y, Z = P.g.x, P.g.y, P.g.z
+    a0, b0 = _u(rng, 140, 185), _u(rng, 100, 135)
+    y_post = _u(rng, 75, 95)
+    body = _Body(a0=a0, b0=b0, yc=y_post - b0, y_post=y_post, t_fat=_u(rng, 8, 35), t_mus=_u(rng, 8, 14),
+                 power=_u(rng, 2.1, 2.6), waves=Waves(rng, 3, (250, 500), 0.04, 1))
+    body_r = body.rho(X, Y, Z)
+    in_body = body_r <= 1.0
+    P.hu[in_body] = rng.normal(-100, 6)  # subcutaneous fat
+    inner_fat = body.rho(X, Y, Z, body.t_fat) <= 1.0
+    P.hu[inner_fat] = _u(rng, 45, 58) + (8 if pv else 0)  # abdominal wall muscle
+    body.in_cavity = body.rho(X, Y, Z, body.t_fat + body.t_mus) <= 1.0
+    P.hu[body.in_cavity] = rng.normal(-95, 8)  # visceral / retroperitoneal fat
+    P.hu[in_body & (body_r > 1.0 - 2.0 / b0)] = 20.0  # a thin skin line
+    return body
+
+
+def _thorax(rng: np.random.Generator, P: _Painter, body: _Body, pv: bool) -> _Diaphragm:
+    """Diaphragm domes, and above them lungs and the heart."""
+    z_r = _u(rng, 95, 135)
+    dia = _Diaphragm(z_r=z_r, z_l=z_r - _u(rng, 5, 25), curv=_u(rng, 90, 130))
+    sl, c = P.region((-250, -250, min(dia.z_l, dia.z_r) - 150), (250, 250, 400))
     if sl is not None:
         x, y, z = c
-        cav = cavity(x, y, z)
-        above = z >= dome(x, y)
-        heart = (((x - 20) / 65) ** 2 + ((y + 65) / 55) ** 2 + ((z - (z_l + 55)) / 55) ** 2) <= 1.0
+        cav = body.cavity(x, y, z)
+        above = z >= dia.height(x, y)
+        heart = (((x - 20) / 65) ** 2 + ((y + 65) / 55) ** 2 + ((z - (dia.z_l + 55)) / 55) ** 2) <= 1.0
         mediast = (np.abs(x - 5) < 28) & (y > -45) & (y < 20)
         lung = cav & above & ~heart & ~mediast
         P.paint(sl, lung, rng.normal(-850, 20) + Waves(rng, 4, (20, 60), 25, 1)(x, y, z)[0])
         P.paint(sl, cav & above & heart, 150.0 if pv else 40.0)
-        diaph = cav & (z >= dome(x, y) - 5) & ~above
-        P.paint(sl, diaph, 50.0)
+        P.paint(sl, cav & (z >= dia.height(x, y) - 5) & ~above, 50.0)
+    return dia
 
-    # ---- bowel: small-bowel loops in the lower anterior abdomen, then colon and stomach.
+
+def _small_bowel(rng: np.random.Generator, P: _Painter, body: _Body, pv: bool) -> None:
+    """Small-bowel loops (fluid, gas, enhancing wall) in the lower anterior abdomen."""
     z_meso = _u(rng, -10, 15)
     sl, c = P.region((-200, -200, -300), (200, 60, z_meso + 20))
-    if sl is not None:
-        x, y, z = c
-        region = cavity(x, y, z) & (z < z_meso) & (y < 10 - 0.002 * x * x)
-        field = Waves(rng, 12, (35, 80), 1.0, 1)(x, y, z)[0]
-        loops = region & (np.abs(field) < _u(rng, 0.18, 0.3))
-        content = Waves(rng, 5, (25, 60), 1.0, 1)(x, y, z)[0]
-        fluid = _u(rng, 5, 30)
-        hu = np.where(content > _u(rng, 0.55, 0.9), -1000.0, fluid).astype(_F32)
-        P.paint(sl, loops, hu)
-        wall = region & (np.abs(field) >= _u(rng, 0.3, 0.32)) & (np.abs(field) < 0.36)
-        P.paint(sl, wall, 90.0 if pv else 40.0)
+    if sl is None:
+        return
+    x, y, z = c
+    region = body.cavity(x, y, z) & (z < z_meso) & (y < 10 - 0.002 * x * x)
+    field = Waves(rng, 12, (35, 80), 1.0, 1)(x, y, z)[0]
+    loops = region & (np.abs(field) < _u(rng, 0.18, 0.3))
+    content = Waves(rng, 5, (25, 60), 1.0, 1)(x, y, z)[0]
+    fluid = _u(rng, 5, 30)
+    hu = np.where(content > _u(rng, 0.55, 0.9), -1000.0, fluid).astype(_F32)
+    P.paint(sl, loops, hu)
+    wall = region & (np.abs(field) >= _u(rng, 0.3, 0.32)) & (np.abs(field) < 0.36)
+    P.paint(sl, wall, 90.0 if pv else 40.0)
 
+
+def _colon(rng: np.random.Generator, P: _Painter, body: _Body, dia: _Diaphragm, pv: bool) -> None:
+    """The colon frame: ascending and descending colon in front of and lateral to the kidneys, stool and gas."""
     colon_r = _u(rng, 18, 26)
     zt = _u(rng, 5, 25)
-    # ascending and descending colon lie in the anterior pararenal space: lateral to and in front of the kidneys
     ya, yd = _u(rng, -60, -25), _u(rng, -60, -20)
     colon = Tube.along(
         [(-90, ya, -140), (-97, ya, -60), (-92, ya - 10, zt), (-50, -75, zt + 8), (20, -80, zt + 12),
          (85, -55, zt + 25), (97, yd, 20), (95, yd, -60), (80, yd - 10, -150)],
         [colon_r] * 9,
         deform=Waves(rng, 4, (80, 160), 8, 3),
-        clip=lambda x, y, z: cavity(x, y, z) & below_dome(x, y, z, 10),
+        clip=_Abdomen(body, dia, margin=10),
     )
     sl, c = P.region(*colon.box())
-    if sl is not None:
-        x, y, z = c
-        d, r = colon.dist(x, y, z)
-        m = (d <= r) & colon.clip(x, y, z)
-        stool = Waves(rng, 6, (8, 20), 1.0, 1)(x, y, z)[0]
-        gas_level = _u(rng, -0.5, 0.5)
-        hu = np.where(stool > gas_level, -1000.0, 20.0 + 30 * stool).astype(_F32)
-        P.paint(sl, m, hu)
-        P.paint(sl, m & (d > r - 2.5), 70.0 if pv else 35.0)
+    if sl is None:
+        return
+    x, y, z = c
+    d, r = colon.dist(x, y, z)
+    m = (d <= r) & colon.clip(x, y, z)
+    stool = Waves(rng, 6, (8, 20), 1.0, 1)(x, y, z)[0]
+    gas_level = _u(rng, -0.5, 0.5)
+    hu = np.where(stool > gas_level, -1000.0, 20.0 + 30 * stool).astype(_F32)
+    P.paint(sl, m, hu)
+    P.paint(sl, m & (d > r - 2.5), 70.0 if pv else 35.0)
 
+
+def _stomach(rng: np.random.Generator, P: _Painter, body: _Body, dia: _Diaphragm, pv: bool) -> None:
+    """The stomach under the left dome: gas on top, fluid or food below, an enhancing wall."""
     stomach = Blob(
         np.array([_u(rng, 45, 65), _u(rng, -75, -55), _u(rng, 55, 80)]),
         np.array([_u(rng, 35, 50), _u(rng, 28, 40), _u(rng, 50, 70)]),
         _rot(0, math.radians(_u(rng, -25, -10)), math.radians(_u(rng, -30, -10))),
         deform=Waves(rng, 4, (60, 140), 6, 3),
-        clip=lambda x, y, z: cavity(x, y, z) & below_dome(x, y, z, 6),
+        clip=_Abdomen(body, dia, margin=6),
     )
     sl, c = P.region(*stomach.box())
-    if sl is not None:
-        x, y, z = c
-        rho = stomach.rho(x, y, z)
-        m = (rho <= 1.0) & stomach.clip(x, y, z)
-        air_y = stomach.center[1] - stomach.semi[1] * _u(rng, 0.1, 0.8)
-        food = rng.random() < 0.4
-        inner = rng.normal(35, 8) + 15 * Waves(rng, 5, (10, 30), 1.0, 1)(x, y, z)[0] if food else _u(rng, 0, 20)
-        hu = np.where(y < air_y, -1000.0, inner).astype(_F32)
-        P.paint(sl, m, hu)
-        P.paint(sl, m & (rho > 0.9) & (y >= air_y - 3), 80.0 if pv else 40.0)
+    if sl is None:
+        return
+    x, y, z = c
+    rho = stomach.rho(x, y, z)
+    m = (rho <= 1.0) & stomach.clip(x, y, z)
+    air_y = stomach.center[1] - stomach.semi[1] * _u(rng, 0.1, 0.8)
+    food = rng.random() < 0.4
+    inner = rng.normal(35, 8) + 15 * Waves(rng, 5, (10, 30), 1.0, 1)(x, y, z)[0] if food else _u(rng, 0, 20)
+    hu = np.where(y < air_y, -1000.0, inner).astype(_F32)
+    P.paint(sl, m, hu)
+    P.paint(sl, m & (rho > 0.9) & (y >= air_y - 3), 80.0 if pv else 40.0)
 
-    # ---- muscles around the spine: psoas, quadratus lumborum, erector spinae.
+
+def _back_muscles(rng: np.random.Generator, P: _Painter, body: _Body, dia: _Diaphragm, pv: bool) -> None:
+    """Psoas, quadratus lumborum and erector spinae around the spine."""
     sl, c = P.region((-150, -40, -400), (150, 150, 400))
-    if sl is not None:
-        x, y, z = c
-        body = body_rho(x, y, z) <= 1.0
-        pso_r = np.clip(12 + (0 - z) * 0.12, 6, 30).astype(_F32)
-        pso_x = 28 + pso_r * 0.6
-        psoas = ((np.abs(x) - pso_x) / pso_r) ** 2 + ((y - 2) / (pso_r * 0.9)) ** 2 <= 1.0
-        ql = ((np.abs(x) - 62) / 20) ** 2 + ((y - 35) / 11) ** 2 <= 1.0
-        erector = ((np.abs(x) - 36) / 30) ** 2 + ((y - 48) / 22) ** 2 <= 1.0
-        muscle = body & (psoas | ((ql | erector) & (z < dome(x, y) + 40)))
-        P.paint(sl, muscle, _u(rng, 45, 58) + (8 if pv else 0))
+    if sl is None:
+        return
+    x, y, z = c
+    inside = body.rho(x, y, z) <= 1.0
+    pso_r = np.clip(12 + (0 - z) * 0.12, 6, 30).astype(_F32)
+    pso_x = 28 + pso_r * 0.6
+    psoas = ((np.abs(x) - pso_x) / pso_r) ** 2 + ((y - 2) / (pso_r * 0.9)) ** 2 <= 1.0
+    ql = ((np.abs(x) - 62) / 20) ** 2 + ((y - 35) / 11) ** 2 <= 1.0
+    erector = ((np.abs(x) - 36) / 30) ** 2 + ((y - 48) / 22) ** 2 <= 1.0
+    muscle = inside & (psoas | ((ql | erector) & (z < dia.height(x, y) + 40)))
+    P.paint(sl, muscle, _u(rng, 45, 58) + (8 if pv else 0))
 
-    # ---- organs (labels). Calibrate each template to a sampled volume, then paint.
+
+def _organ_shapes(rng: np.random.Generator, in_abdomen: _Abdomen) -> _Organs:
+    """Liver, spleen, kidneys and pancreas templates, each calibrated to a volume drawn from adult ranges."""
     targets = {name: _u(rng, *rng_ml) for name, rng_ml in VOLUME_RANGES_ML.items()}
-
-    def in_abdomen(x, y, z):
-        return cavity(x, y, z) & below_dome(x, y, z, 5)
-
-    jit = lambda s: rng.normal(0, s, 3)  # noqa: E731
-
     right_lobe = Blob(
-        np.array([-72, -45, _u(rng, 28, 55)]) + jit(6),
+        np.array([-72, -45, _u(rng, 28, 55)]) + _jitter(rng, 6),
         np.array([75, 85, _u(rng, 85, 110)]),
         _rot(0, 0, math.radians(_u(rng, -10, 10))),
         power=_u(rng, 2.2, 2.8),
@@ -476,20 +576,8 @@ def _phantom(rng: np.random.Generator, grid: Grid, contrast: str) -> tuple[np.nd
         np.array([_u(rng, -5, 20), -80, _u(rng, 55, 75)]), np.array([_u(rng, 45, 70), 30, 42.0]),
         _rot(0, math.radians(_u(rng, -10, 10)), math.radians(_u(rng, -20, 0))), power=2.3,
     )
-    liver_def = Waves(rng, 5, (90, 200), 9, 3)
-    right_lobe.deform = left_lobe.deform = liver_def
-
-    class _Liver(Blob):
-        def inside(self, x, y, z):  # union of lobes, under the dome, inside the abdominal wall
-            right_lobe.scale = left_lobe.scale = self.scale
-            return (right_lobe.inside(x, y, z) | left_lobe.inside(x, y, z)) & in_abdomen(x, y, z)
-
-        def box(self):
-            lo1, hi1 = right_lobe.box()
-            lo2, hi2 = left_lobe.box()
-            return np.minimum(lo1, lo2), np.maximum(hi1, hi2)
-
-    liver = _Liver(right_lobe.center, right_lobe.semi, right_lobe.rot)
+    right_lobe.deform = left_lobe.deform = Waves(rng, 5, (90, 200), 9, 3)
+    liver = _Liver(right_lobe, left_lobe, clip=in_abdomen)
     _calibrate(liver, targets["liver"], 3, 4.0)
 
     spleen = Blob(
@@ -524,33 +612,45 @@ def _phantom(rng: np.random.Generator, grid: Grid, contrast: str) -> tuple[np.nd
         deform=Waves(rng, 4, (40, 90), 3, 3), clip=in_abdomen,
     )
     _calibrate(pancreas, targets["pancreas"] * 1.15, 2, 2.5)  # vessels along it take back about 15 %
+    return _Organs(targets=targets, liver=liver, spleen=spleen, kidneys=kidneys, kz=kz, pancreas=pancreas,
+                   p_tail=p_tail, p_body=p_body, p_head=p_head)
 
-    # duodenum C-loop around the pancreatic head
+
+def _duodenum(rng: np.random.Generator, P: _Painter, p_head: np.ndarray, in_abdomen: _Abdomen, pv: bool) -> None:
+    """The duodenal C-loop around the pancreatic head."""
     duo = Tube.along(
         [(-5, -95, p_head[2] + 35), (-45, -70, p_head[2] + 30), (-62, -50, p_head[2] + 5),
          (-58, -42, p_head[2] - 28), (-15, -38, p_head[2] - 38), (25, -45, p_head[2] - 32)],
         [12, 13, 13, 13, 11, 11], deform=Waves(rng, 3, (50, 100), 3, 3), clip=in_abdomen,
     )
     sl, c = P.region(*duo.box())
-    if sl is not None:
-        d, r = duo.dist(*c)
-        m = (d <= r) & duo.clip(*c)
-        fill = Waves(rng, 3, (15, 30), 1.0, 1)(*c)[0]
-        P.paint(sl, m, np.where(fill > 0.6, -1000.0, _u(rng, 5, 25)).astype(_F32))
-        P.paint(sl, m & (d > r - 3), 80.0 if pv else 40.0)
+    if sl is None:
+        return
+    d, r = duo.dist(*c)
+    m = (d <= r) & duo.clip(*c)
+    fill = Waves(rng, 3, (15, 30), 1.0, 1)(*c)[0]
+    P.paint(sl, m, np.where(fill > 0.6, -1000.0, _u(rng, 5, 25)).astype(_F32))
+    P.paint(sl, m & (d > r - 3), 80.0 if pv else 40.0)
 
-    # HU per organ for this case
-    # unenhanced ranges are wide on purpose: low-dose (e.g. PET/CT) scans and fatty pancreas sit low
-    liver_hu = (_u(rng, 50, 70) if pv else _u(rng, 40, 68)) + (_u(rng, 30, 60) if pv else 0)
-    spleen_hu = (_u(rng, 40, 50) if pv else _u(rng, 30, 50)) + (_u(rng, 60, 80) if pv else 0)
-    pancreas_hu = (_u(rng, 40, 50) if pv else _u(rng, 10, 50)) + (_u(rng, 40, 60) if pv else 0)
-    kidney_cortex = _u(rng, 150, 200) if pv else _u(rng, 14, 36)
-    kidney_medulla = kidney_cortex - _u(rng, 10, 40) if pv else kidney_cortex - _u(rng, 0, 8)
-    aorta_hu = _u(rng, 150, 250) if pv else _u(rng, 35, 45)
-    vein_hu = _u(rng, 130, 200) if pv else _u(rng, 35, 45)
-    hep_vessel_hu = liver_hu + _u(rng, 40, 70) if pv else liver_hu - _u(rng, 12, 20)
 
-    # ---- vessels: aorta (left-anterior of the spine) with bifurcation, IVC (right), portal system, liver veins.
+def _organ_hu(rng: np.random.Generator, pv: bool) -> _OrganHU:
+    """Unenhanced ranges are wide on purpose: low-dose (e.g. PET/CT) scans and fatty pancreas sit low."""
+    liver = (_u(rng, 50, 70) if pv else _u(rng, 40, 68)) + (_u(rng, 30, 60) if pv else 0)
+    spleen = (_u(rng, 40, 50) if pv else _u(rng, 30, 50)) + (_u(rng, 60, 80) if pv else 0)
+    pancreas = (_u(rng, 40, 50) if pv else _u(rng, 10, 50)) + (_u(rng, 40, 60) if pv else 0)
+    cortex = _u(rng, 150, 200) if pv else _u(rng, 14, 36)
+    medulla = cortex - _u(rng, 10, 40) if pv else cortex - _u(rng, 0, 8)
+    aorta = _u(rng, 150, 250) if pv else _u(rng, 35, 45)
+    vein = _u(rng, 130, 200) if pv else _u(rng, 35, 45)
+    hep_vessel = liver + _u(rng, 40, 70) if pv else liver - _u(rng, 12, 20)
+    return _OrganHU(liver, spleen, pancreas, cortex, medulla, aorta, vein, hep_vessel)
+
+
+def _vessels(rng: np.random.Generator, P: _Painter, body: _Body, dia: _Diaphragm, organs: _Organs,
+             hu: _OrganHU) -> tuple[Tube, float]:
+    """Aorta (left-anterior of the spine) with its bifurcation, IVC, renal and portal veins: painted as reserved
+    (not an organ). Returns the liver's own vessels (painted inside the liver label later) and the bifurcation
+    level `zb`, which places the pelvis."""
     ax0, ay0 = _u(rng, 10, 18), _u(rng, -34, -28)
     ar = _u(rng, 9, 13)
     zb = _u(rng, -130, -100)
@@ -559,122 +659,171 @@ def _phantom(rng: np.random.Generator, grid: Grid, contrast: str) -> tuple[np.nd
                           for s in (-1, 1)])
     sma = Tube.along([(ax0, ay0 - ar, 25), (ax0 - 4, ay0 - 35, 5), (ax0 - 6, -75, -70)], [4.0, 4.0, 3.0])
     ivc_x = _u(rng, -28, -20)
-    ivc = Tube.along([(ivc_x, -45, z_r + 30), (ivc_x, -40, 50), (ivc_x, -28, 0), (ivc_x + 5, -22, zb - 5)],
+    ivc = Tube.along([(ivc_x, -45, dia.z_r + 30), (ivc_x, -40, 50), (ivc_x, -28, 0), (ivc_x + 5, -22, zb - 5)],
                      [12, 12, 11, 11], squash=np.array([1.0, 1.3, 1.0]))
     iliac_v = Tube.union([Tube.along([(ivc_x + 5, -22, zb - 5), (ax0 + s * 50 - 5, 0, zb - 100)], [9.0, 8.0])
                           for s in (-1, 1)])
+    kz, kidneys = organs.kz, organs.kidneys
     renal_v = Tube.union([
         Tube.along([kidneys["kidney_left"].center + np.array([-32, -10, 0]), (ax0, ay0 - ar - 5, kz),
                     (ivc_x, -30, kz - 2)], [5.0, 4.0, 5.0]),
         Tube.along([kidneys["kidney_right"].center + np.array([32, -10, 0]), (ivc_x, -30, kz - 2)], [5.0, 5.0]),
     ])
+    p_body, p_tail = organs.p_body, organs.p_tail
     confl = np.array([p_body[0] - 25, p_body[1] + 8, p_body[2] - 2])
-    porta = np.array([-40, -55, 45.0]) + jit(4)
+    porta = np.array([-40, -55, 45.0]) + _jitter(rng, 4)
     portal = Tube.along([confl + np.array([0, 0, -60]), confl, porta], [6.0, 7.0, 7.5])
     splenic_v = Tube.along([p_tail + np.array([0, 10, 0]), p_body + np.array([0, 12, 0]), confl], [4.5, 4.5, 5.0])
     branches = []
     for _ in range(int(rng.integers(4, 7))):
-        end = right_lobe.center + rng.normal(0, 35, 3) * np.array([1.2, 1, 1])
+        end = organs.liver.right.center + rng.normal(0, 35, 3) * np.array([1.2, 1, 1])
         mid = (porta + end) / 2 + rng.normal(0, 8, 3)
         branches.append(Tube.along([porta, mid, end], [5.0, 3.5, 2.0]))
-    hv_top = np.array([ivc_x + 3, -48, z_r - 15])
+    hv_top = np.array([ivc_x + 3, -48, dia.z_r - 15])
     for end in ([-110, -40, 80], [-55, -85, 60], [10, -85, 75]):
         end = np.asarray(end, float) + rng.normal(0, 8, 3)
         branches.append(Tube.along([hv_top, end], [6.0, 2.5]))
-    liver_vessels = Tube.union(branches)
-    for vessel, hu in ((iliac_v, vein_hu), (ivc, vein_hu), (renal_v, vein_hu), (portal, vein_hu + 10),
-                       (splenic_v, vein_hu + 10), (aorta, aorta_hu), (iliac_a, aorta_hu), (sma, aorta_hu)):
-        vessel.clip = lambda x, y, z: body_rho(x, y, z) < 1.0
-        P.shape(vessel, hu, _RESERVED)
+    for vessel, vessel_hu in ((iliac_v, hu.vein), (ivc, hu.vein), (renal_v, hu.vein), (portal, hu.vein + 10),
+                              (splenic_v, hu.vein + 10), (aorta, hu.aorta), (iliac_a, hu.aorta), (sma, hu.aorta)):
+        vessel.clip = body.inside
+        P.shape(vessel, vessel_hu, _RESERVED)
+    return Tube.union(branches), zb
 
-    # gallbladder under the liver (not liver)
+
+def _gallbladder(rng: np.random.Generator, P: _Painter, in_abdomen: _Abdomen) -> None:
+    """Under the liver in most cases; not part of the liver label."""
     if rng.random() < 0.7:
         gb = Blob(np.array([_u(rng, -55, -35), _u(rng, -85, -70), _u(rng, 5, 25)]),
                   np.array([14, 14, 35.0]) * rng.uniform(0.7, 1.2, 3), _rot(math.radians(25), 0, 0),
                   clip=in_abdomen)
         P.shape(gb, _u(rng, 0, 20), _RESERVED)
 
+
+def _paint_kidney(P: _Painter, name: str, kid: Blob, hu: _OrganHU, perirenal: float, fat_hu: float,
+                  in_abdomen: _Abdomen) -> None:
+    """Perirenal fat around it, the renal sinus (fat, fluid pelvis) at the hilum, cortex and medulla."""
+    lo, hi = kid.box()
+    sl, c = P.region(lo - perirenal, hi + perirenal)
+    if sl is None:
+        return
+    rho = kid.rho(*c)
+    grow = 1.0 + perirenal / float(kid.semi.min() * kid.scale)
+    P.paint(sl, (rho <= grow) & (rho > 1.0) & in_abdomen(*c), fat_hu, _RESERVED, keep_labels=True)
+    m = rho <= 1.0
+    side = -1 if name == "kidney_right" else 1
+    semi = kid.semi * kid.scale
+    hil = Blob(kid.center + np.array([-side * semi[0] * 0.75, -6, 0]), semi * np.array([0.45, 0.35, 0.32]), kid.rot)
+    hrho = hil.rho(*c)
+    P.paint(sl, m & (hrho <= 1.0), -80.0, _RESERVED, keep_labels=True)
+    P.paint(sl, m & (hrho < 0.45), 10.0, _RESERVED)
+    cortex_frac = 1.0 - 7.0 / float(kid.semi.min() * kid.scale)
+    kidney_hu = np.where(rho > cortex_frac, hu.kidney_cortex, hu.kidney_medulla).astype(_F32)
+    P.paint(sl, m, kidney_hu, LABELS[name], keep_labels=True)
+
+
+def _paint_organs(rng: np.random.Generator, P: _Painter, organs: _Organs, hu: _OrganHU, liver_vessels: Tube,
+                  in_abdomen: _Abdomen) -> float:
+    """Kidneys (with perirenal fat that keeps liver and spleen off them), spleen, pancreas, liver and its vessels.
+    Returns the case's fat HU (the fat planes reuse it)."""
     perirenal = _u(rng, 2, 12)  # mm of perirenal fat (inside Gerota's fascia); liver and spleen stay outside it
     fat_hu = rng.normal(-95, 8)
-    for name, kid in kidneys.items():
-        lo, hi = kid.box()
-        sl, c = P.region(lo - perirenal, hi + perirenal)
-        if sl is None:
-            continue
-        rho = kid.rho(*c)
-        grow = 1.0 + perirenal / float(kid.semi.min() * kid.scale)
-        P.paint(sl, (rho <= grow) & (rho > 1.0) & in_abdomen(*c), fat_hu, _RESERVED, keep_labels=True)
-        m = rho <= 1.0
-        # renal sinus: fat and a fluid pelvis at the medial hilum, not part of the kidney label
-        side = -1 if name == "kidney_right" else 1
-        semi = kid.semi * kid.scale
-        hil = Blob(kid.center + np.array([-side * semi[0] * 0.75, -6, 0]), semi * np.array([0.45, 0.35, 0.32]),
-                   kid.rot)
-        hrho = hil.rho(*c)
-        P.paint(sl, m & (hrho <= 1.0), -80.0, _RESERVED, keep_labels=True)
-        P.paint(sl, m & (hrho < 0.45), 10.0, _RESERVED)
-        cortex_frac = 1.0 - 7.0 / float(kid.semi.min() * kid.scale)
-        hu = np.where(rho > cortex_frac, kidney_cortex, kidney_medulla).astype(_F32)
-        P.paint(sl, m, hu, LABELS[name], keep_labels=True)
-    P.shape(spleen, spleen_hu, LABELS["spleen"], texture=3, keep_labels=True)
-    P.shape(pancreas, pancreas_hu, LABELS["pancreas"], texture=5, keep_labels=True)
-    P.shape(liver, liver_hu, LABELS["liver"], texture=4, keep_labels=True)
+    for name, kid in organs.kidneys.items():
+        _paint_kidney(P, name, kid, hu, perirenal, fat_hu, in_abdomen)
+    P.shape(organs.spleen, hu.spleen, LABELS["spleen"], texture=3, keep_labels=True)
+    P.shape(organs.pancreas, hu.pancreas, LABELS["pancreas"], texture=5, keep_labels=True)
+    P.shape(organs.liver, hu.liver, LABELS["liver"], texture=4, keep_labels=True)
     sl, c = P.region(*liver_vessels.box())
     if sl is not None:
         m = liver_vessels.inside(*c) & (P.lab[sl] == LABELS["liver"])
-        P.paint(sl, m, hep_vessel_hu)  # intrahepatic vessels stay in the liver label
+        P.paint(sl, m, hu.hep_vessel)  # intrahepatic vessels stay in the liver label
+    return fat_hu
 
-    # fat planes: in real abdomens fat separates organs and vessels from bowel and muscle, so unlabelled soft tissue
-    # (bowel, muscle) next to them becomes fat.
-    d_any = ndimage.distance_transform_edt(P.lab == 0, sampling=g.spacing[::-1])
-    soft = (P.lab == 0) & (P.hu > -50) & (P.hu < 150) & in_cav
+
+def _fat_planes(rng: np.random.Generator, P: _Painter, body: _Body, fat_hu: float) -> None:
+    """In real abdomens fat separates organs and vessels from bowel and muscle, so unlabelled soft tissue next to
+    them becomes fat. Ends the labelled part: reserved voxels go back to background."""
+    d_any = ndimage.distance_transform_edt(P.lab == 0, sampling=P.g.spacing[::-1])
+    soft = (P.lab == 0) & (P.hu > -50) & (P.hu < 150) & body.in_cavity
     P.hu[soft & (d_any <= _u(rng, 1.5, 6))] = fat_hu
     P.lab[P.lab == _RESERVED] = 0
 
-    # ---- spine: vertebral bodies with discs, canal, posterior elements; ribs; iliac wings.
+
+def _spine(rng: np.random.Generator, P: _Painter, body: _Body) -> None:
+    """Vertebral bodies with discs, the spinal canal and the posterior elements."""
     sl, c = P.region((-70, -30, -400), (70, 75, 400))
-    if sl is not None:
-        x, y, z = c
-        body = body_rho(x, y, z) <= 1.0
-        level_h = _u(rng, 32, 38)
-        phase = _u(rng, 0, level_h)
-        fz = np.mod(z + phase, level_h)
-        disc = fz < _u(rng, 7, 10)
-        vb_rx = 20 + np.clip(-z * 0.03, -3, 6)
-        rv = (x / vb_rx) ** 2 + (y / (vb_rx * 0.78)) ** 2
-        vb = body & (rv <= 1.0)
-        cortical = _u(rng, 450, 900)
-        cancellous = _u(rng, 150, 260)
-        P.paint(sl, vb & ~disc, np.where(rv > 0.78, cortical, cancellous).astype(_F32), 0)
-        P.paint(sl, vb & disc, _u(rng, 70, 100), 0)
-        rc = np.sqrt(x**2 + (y - 27) ** 2)
-        canal = body & (rc <= 9)
-        post = body & ~disc & (rc > 9) & (rc <= 16) & (y > 17)
-        spinous = body & ~disc & (np.abs(x) < 4) & (y > 25) & (y < y_post - t_fat - 6)
-        transverse = body & (np.abs(fz - level_h * 0.55) < 4) & (np.abs(x) < 48) & (np.abs(y - 22) < 5)
-        P.paint(sl, post | spinous | transverse, cortical * 0.8, 0)
-        P.paint(sl, canal, 15.0)
+    if sl is None:
+        return
+    x, y, z = c
+    inside = body.rho(x, y, z) <= 1.0
+    level_h = _u(rng, 32, 38)
+    phase = _u(rng, 0, level_h)
+    fz = np.mod(z + phase, level_h)
+    disc = fz < _u(rng, 7, 10)
+    vb_rx = 20 + np.clip(-z * 0.03, -3, 6)
+    rv = (x / vb_rx) ** 2 + (y / (vb_rx * 0.78)) ** 2
+    vb = inside & (rv <= 1.0)
+    cortical = _u(rng, 450, 900)
+    cancellous = _u(rng, 150, 260)
+    P.paint(sl, vb & ~disc, np.where(rv > 0.78, cortical, cancellous).astype(_F32), 0)
+    P.paint(sl, vb & disc, _u(rng, 70, 100), 0)
+    rc = np.sqrt(x**2 + (y - 27) ** 2)
+    canal = inside & (rc <= 9)
+    post = inside & ~disc & (rc > 9) & (rc <= 16) & (y > 17)
+    spinous = inside & ~disc & (np.abs(x) < 4) & (y > 25) & (y < body.y_post - body.t_fat - 6)
+    transverse = inside & (np.abs(fz - level_h * 0.55) < 4) & (np.abs(x) < 48) & (np.abs(y - 22) < 5)
+    P.paint(sl, post | spinous | transverse, cortical * 0.8, 0)
+    P.paint(sl, canal, 15.0)
 
-    z_rib = min(z_l, z_r) - _u(rng, 40, 70)
+
+def _ribs(rng: np.random.Generator, P: _Painter, body: _Body, dia: _Diaphragm) -> None:
+    """Ribs in the wall muscle from below the diaphragm up."""
+    z_rib = min(dia.z_l, dia.z_r) - _u(rng, 40, 70)
     sl, c = P.region((-250, -250, z_rib), (250, 250, 400))
-    if sl is not None:
-        x, y, z = c
-        rr = body_rho(x, y, z, t_fat)
-        ring = (rr <= 1.0) & (rr > 1.0 - 0.9 * t_mus / b0) & (y > -60 - 0.4 * np.abs(x)) & (z > z_rib)
-        ang = np.arctan2(y, x)
-        rib_sp = _u(rng, 25, 32)
-        band = np.mod(z + 12 * np.abs(np.sin(ang)) + _u(rng, 0, rib_sp), rib_sp) < 9
-        P.paint(sl, ring & band, _u(rng, 300, 600), 0)
+    if sl is None:
+        return
+    x, y, z = c
+    rr = body.rho(x, y, z, body.t_fat)
+    ring = (rr <= 1.0) & (rr > 1.0 - 0.9 * body.t_mus / body.b0) & (y > -60 - 0.4 * np.abs(x)) & (z > z_rib)
+    ang = np.arctan2(y, x)
+    rib_sp = _u(rng, 25, 32)
+    band = np.mod(z + 12 * np.abs(np.sin(ang)) + _u(rng, 0, rib_sp), rib_sp) < 9
+    P.paint(sl, ring & band, _u(rng, 300, 600), 0)
 
-    if zb - 40 > -400:
-        sl, c = P.region((-160, -60, -400), (160, 80, zb - 20))
-        if sl is not None:
-            x, y, z = c
-            wing = (np.abs(np.abs(x) - 95 - 0.3 * (y - 20)) < 5) & (y > -40) & (y < 60) & (z < zb - 30) & (z > zb - 95)
-            P.paint(sl, wing & (body_rho(x, y, z) < 1.0), _u(rng, 300, 600))
-    _pelvis(P, rng, body_rho, zb, pv)
 
-    return P.hu, P.lab, targets
+def _iliac_wings(rng: np.random.Generator, P: _Painter, body: _Body, zb: float) -> None:
+    if zb - 40 <= -400:
+        return
+    sl, c = P.region((-160, -60, -400), (160, 80, zb - 20))
+    if sl is None:
+        return
+    x, y, z = c
+    wing = (np.abs(np.abs(x) - 95 - 0.3 * (y - 20)) < 5) & (y > -40) & (y < 60) & (z < zb - 30) & (z > zb - 95)
+    P.paint(sl, wing & (body.rho(x, y, z) < 1.0), _u(rng, 300, 600))
+
+
+def _phantom(rng: np.random.Generator, grid: Grid, contrast: str) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """Build one phantom on `grid`: returns (HU float32, label uint8, target volumes mL)."""
+    P = _Painter(grid, rng)
+    pv = contrast == "portal"
+    body = _body_wall(rng, P, pv)
+    dia = _thorax(rng, P, body, pv)
+    _small_bowel(rng, P, body, pv)
+    _colon(rng, P, body, dia, pv)
+    _stomach(rng, P, body, dia, pv)
+    _back_muscles(rng, P, body, dia, pv)
+    in_abdomen = _Abdomen(body, dia)
+    organs = _organ_shapes(rng, in_abdomen)
+    _duodenum(rng, P, organs.p_head, in_abdomen, pv)
+    hu = _organ_hu(rng, pv)
+    liver_vessels, zb = _vessels(rng, P, body, dia, organs, hu)
+    _gallbladder(rng, P, in_abdomen)
+    fat_hu = _paint_organs(rng, P, organs, hu, liver_vessels, in_abdomen)
+    _fat_planes(rng, P, body, fat_hu)
+    _spine(rng, P, body)
+    _ribs(rng, P, body, dia)
+    _iliac_wings(rng, P, body, zb)
+    _pelvis(P, rng, body.rho, zb, pv)
+    return P.hu, P.lab, organs.targets
 
 
 def _pelvis(P: "_Painter", rng: np.random.Generator, body_rho, zb: float, pv: bool) -> None:
@@ -841,6 +990,24 @@ def generate_ct_case(rng: np.random.Generator, **kwargs) -> tuple[sitk.Image, si
     return image, label
 
 
+def phantom_scan(size: Sequence[int], spacing: Sequence[float], seed: int = 0, resolution: int = 128) -> sitk.Image:
+    """A phantom CT (int16 HU, LPS axes) on exactly this grid (x, y, z voxels and mm), for benchmarks.
+
+    Why resampled: a benchmark needs a scan of a given size (512x512x300 by default), and building the anatomy at
+    that size would take minutes and gigabytes; the phantom is built at `resolution` in-plane over the same field of
+    view, then resampled linearly (air outside it)."""
+    size = tuple(int(v) for v in size)
+    spacing = tuple(float(v) for v in spacing)
+    fov_mm = [n * s for n, s in zip(size, spacing)]
+    rng = np.random.default_rng(seed)
+    matrix = min(int(resolution), max(16, size[0], size[1]))
+    image, _, _ = generate_ct_case_with_info(rng, resolution=matrix, direction="lps", size_mm=fov_mm)
+    centre = image.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in image.GetSize()])
+    origin = [c - s * (n - 1) / 2 for c, s, n in zip(centre, spacing, size)]
+    identity = tuple(float(v) for v in np.eye(3).ravel())
+    return sitk.Resample(image, size, sitk.Transform(), sitk.sitkLinear, origin, spacing, identity, -1024, sitk.sitkInt16)
+
+
 def label_volumes_ml(label: sitk.Image) -> dict[str, float]:
     """Volume of every labelled organ (mL)."""
     arr = sitk.GetArrayViewFromImage(label)
@@ -929,9 +1096,9 @@ def write_ct_dataset(
             infos.append(info)
             if progress is not None:
                 progress(i, info)
-        (tmp / "dataset.json").write_text(json.dumps(dataset_json(cases, seed, resolution), indent=2) + "\n")
+        (tmp / "dataset.json").write_text(dumps(dataset_json(cases, seed, resolution)))
         meta = {f"case_{i:04d}": asdict(info) for i, info in enumerate(infos)}
-        (tmp / "phantoms.json").write_text(json.dumps(meta, indent=2) + "\n")
+        (tmp / "phantoms.json").write_text(dumps(meta))
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)

@@ -32,17 +32,7 @@ US_CLASSES: dict[str, str] = {
 HEAD_CLASSES = ("Brain (Tv.)", "Brain (Cb.)")
 
 Box = tuple[int, int, int, int]
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """'224x288' -> (height, width)."""
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise AgnError(f"--size must look like HEIGHTxWIDTH, e.g. 224x288; got {text!r}") from None
-    if not (32 <= h <= 2048 and 32 <= w <= 2048):
-        raise AgnError(f"--size must be between 32 and 2048 pixels on each side; got {text!r}")
-    return h, w
+FRAME_SIDE_RANGE = (32, 2048)  # pixels per side the generator's shapes and text stay sensible for
 
 
 def _sector(h: int, w: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:

@@ -24,6 +24,7 @@ import torch
 from agn_cli.errors import AgnError
 from agn_cli.runtime.atomic import atomic_path, write_text_atomic
 from agn_cli.runtime.checkpoint import ModelCard, save_checkpoint
+from agn_cli.runtime.jsonio import dumps
 
 STATE_FILE = "latest_state.pt"
 RUN_FILES = (
@@ -193,7 +194,7 @@ def read_metrics_csv(path: Path) -> list[dict[str, Any]]:
 
 
 def write_config(path: Path, config: dict[str, Any]) -> None:
-    write_text_atomic(path, json.dumps(config, indent=2, default=str) + "\n", overwrite=True)
+    write_text_atomic(path, dumps(config), overwrite=True)
 
 
 def read_config(path: Path) -> dict[str, Any]:

@@ -20,10 +20,9 @@ import torch
 from agn_cli.runtime.checkpoint import ModelCard, find_default_weights, load_checkpoint
 from agn_cli.errors import AgnError
 from agn_cli.us.preprocess import Crop, FrameGeometry, frame_geometry, preprocess_frame
-from agn_cli.us.frames import DICOM_SUFFIXES, VIDEO_SUFFIXES, Frame
+from agn_cli.us.frames import Frame
 from agn_cli.us.localisation import LocalisationParams, attention_maps_for, localise
-
-VIDEO_AND_DICOM = VIDEO_SUFFIXES + DICOM_SUFFIXES
+from agn_cli.viz.frames import overlay_frame
 
 
 @dataclass
@@ -55,6 +54,14 @@ class FrameResult:
             "box_score": None if self.box_score is None else round(self.box_score, 4),
             "box_label": self.box_label,
         }
+
+    def overlay(self, alpha: float = 0.4) -> np.ndarray:
+        """BGR picture of the frame with its attention heat map, box and label (needs Classifier(keep_images=True))."""
+        if self.image is None:
+            raise ValueError("overlays need the frame image (Classifier(keep_images=True))")
+        g = self.geometry
+        window = None if g is None else (g.x0, g.y0, g.x1, g.y1)
+        return overlay_frame(self.image, f"{self.label} {self.confidence:.2f}", self.attention, window, self.box, alpha)
 
 
 def resolve_weights(weights: Path | str | None) -> Path:
@@ -287,95 +294,6 @@ class RunSummary:
         }
 
 
-def results_to_csv(results: Sequence[dict[str, Any]]) -> str:
-    """CSV with the JSON's columns; top-k as 'label:p;label:p', box as x0,y0,x1,y1 columns."""
-    import csv
-    import io
-
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["path", "frame", "label", "confidence", "topk", "x0", "y0", "x1", "y1", "box_score"])
-    for r in results:
-        box = r.get("box") or [None] * 4
-        topk = ";".join(f"{name}:{p:.6f}" for name, p in r["topk"])
-        writer.writerow(
-            [r["path"], r["frame"], r["label"], f"{r['confidence']:.6f}", topk, *["" if v is None else v for v in box],
-             "" if r.get("box_score") is None else r["box_score"]]
-        )
-    return buffer.getvalue()
-
-
-def results_to_coco(results: Sequence[dict[str, Any]], labels: Sequence[str], shapes: Sequence[tuple[int, ...]]) -> dict[str, Any]:
-    """COCO detection JSON: one image per frame, one box annotation per frame that has a box (bbox = x, y, w, h)."""
-    images, annotations = [], []
-    for image_id, (r, shape) in enumerate(zip(results, shapes), start=1):
-        images.append(
-            {"id": image_id, "file_name": r["path"], "frame": r["frame"], "height": int(shape[0]), "width": int(shape[1])}
-        )
-        if r.get("box"):
-            x0, y0, x1, y1 = r["box"]
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": image_id,
-                    "category_id": labels.index(r["label"]) + 1,
-                    "bbox": [x0, y0, round(x1 - x0, 1), round(y1 - y0, 1)],
-                    "area": round((x1 - x0) * (y1 - y0), 1),
-                    "iscrowd": 0,
-                    "score": r["box_score"] if r.get("box_score") is not None else r["confidence"],
-                }
-            )
-    categories = [{"id": i + 1, "name": name} for i, name in enumerate(labels)]
-    return {"images": images, "annotations": annotations, "categories": categories}
-
-
-def overlay_image(result: FrameResult, alpha: float = 0.4) -> np.ndarray:
-    """BGR uint8 picture for cv2.imwrite: the frame, the attention heat map (jet) blended on, the box in green."""
-    import cv2
-
-    if result.image is None:
-        raise ValueError("overlays need the frame image (Classifier(keep_images=True))")
-    image = np.asarray(result.image)
-    if image.dtype != np.uint8:
-        image = np.clip(image, 0, 255).astype(np.uint8)
-    bgr = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    if result.attention is not None and result.geometry is not None:
-        g = result.geometry
-        heat = cv2.resize(result.attention.astype(np.float32), (g.x1 - g.x0, g.y1 - g.y0), interpolation=cv2.INTER_LINEAR)
-        heat_u8 = np.clip(heat * 255.0, 0, 255).astype(np.uint8)
-        colour = cv2.applyColorMap(heat_u8, cv2.COLORMAP_JET)
-        region = bgr[g.y0 : g.y1, g.x0 : g.x1]
-        weight = (alpha * np.clip(heat, 0, 1))[..., None]
-        bgr[g.y0 : g.y1, g.x0 : g.x1] = (region * (1 - weight) + colour * weight).astype(np.uint8)
-    if result.box is not None:
-        x0, y0, x1, y1 = (int(round(v)) for v in result.box)
-        thickness = max(2, round(max(bgr.shape[:2]) / 300))
-        cv2.rectangle(bgr, (x0, y0), (x1 - 1, y1 - 1), (0, 255, 0), thickness)
-    text = f"{result.label} {result.confidence:.2f}"
-    scale = max(0.5, max(bgr.shape[:2]) / 1000)
-    cv2.putText(bgr, text, (8, int(24 * scale) + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 4, cv2.LINE_AA)
-    cv2.putText(bgr, text, (8, int(24 * scale) + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
-    return bgr
-
-
-class OverlayNamer:
-    """Unique, readable PNG names: <file stem>.png for stills, <stem>_f<frame>.png for clips; collisions get -2, -3."""
-
-    def __init__(self) -> None:
-        self.used: set[str] = set()
-
-    def __call__(self, result: FrameResult) -> str:
-        stem = Path(result.path).stem
-        multi = result.frame > 0 or Path(result.path).suffix.lower() in VIDEO_AND_DICOM
-        base = f"{stem}_f{result.frame:05d}" if multi else stem
-        name, n = f"{base}.png", 1
-        while name.lower() in self.used:
-            n += 1
-            name = f"{base}-{n}.png"
-        self.used.add(name.lower())
-        return name
-
-
 def classify_inputs(
     classifier: "Classifier",
     inputs: Sequence[Path | str],
@@ -383,8 +301,10 @@ def classify_inputs(
     batch_size: int = 16,
     on_error: Callable[[Path, str], None] | None = None,
     on_result: Callable[[FrameResult], None] | None = None,
+    require_frames: bool = False,
 ) -> tuple[list[FrameResult], RunSummary]:
-    """Read, classify and (optionally) localise every frame of `inputs`; failures are collected, not raised."""
+    """Read, classify and (optionally) localise every frame of `inputs`; failures are collected, not raised (with
+    `require_frames`, a one-line AgnError when not a single frame could be read)."""
     from agn_cli.us.frames import iter_frames
 
     summary = RunSummary(weights=str(classifier.weights), device=str(classifier.device))
@@ -406,4 +326,8 @@ def classify_inputs(
             on_result(result)
     summary.seconds = time.perf_counter() - start
     summary.frames, summary.files = len(results), len(files)
+    if require_frames and not results:
+        if summary.failed:
+            raise AgnError(f"no frame could be read from the {len(summary.failed)} input(s); see the warnings above")
+        raise AgnError("no frames found in the inputs (folders are searched for PNG, JPEG, TIFF, BMP, DICOM and video)")
     return results, summary

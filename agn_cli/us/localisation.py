@@ -19,6 +19,7 @@ from typing import Literal, Mapping
 import cv2
 import numpy as np
 
+from agn_cli.errors import AgnError
 from agn_cli.us.preprocess import FrameGeometry
 
 Selection = Literal["overlap", "strongest", "largest"]
@@ -35,6 +36,12 @@ class LocalisationParams:
     normalise: Normalise = "max"  # "max": negatives -> 0, divide by max; "minmax": (m - min) / (max - min)
     min_area: float = 0.0  # drop components smaller than this fraction of the network input
     step: int = 4  # work on a grid of step x step network-input pixels (box edges snap to it; 1 = full resolution)
+
+    def __post_init__(self) -> None:
+        if self.select not in ("overlap", "strongest", "largest"):
+            raise AgnError(f"--select {self.select}: use overlap, strongest or largest")
+        if self.normalise not in ("max", "minmax"):
+            raise AgnError(f"--normalise {self.normalise}: use max or minmax")
 
 
 @dataclass
