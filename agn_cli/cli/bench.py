@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from agn_cli.cli.console import err, out, print_json
+from agn_cli.cli.options import threads_option
 
 
 def _gib(n: int | None) -> str:
@@ -95,7 +96,7 @@ def command(
     compare: Optional[str] = typer.Option(None, "--compare", help="'eager': also time the plain fp32 eager path and print the speed-up."),
     fast: bool = typer.Option(True, "--fast/--no-fast", help="Fast inference path (folded BN, channels-last, bf16 where it pays) or plain fp32 eager."),
     compile: bool = typer.Option(False, "--compile", help="Also torch.compile the fast path (slow to start; falls back to eager on failure)."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (default: every core this process may use)."),
+    threads: Optional[int] = threads_option(),
     num_classes: Optional[int] = typer.Option(None, "--num-classes", help="Override the paper configuration's classes."),
     base_filters: Optional[int] = typer.Option(None, "--base-filters", help="Override the paper configuration's base filters."),
     scan_size: Optional[str] = typer.Option(None, "--scan-size", help="Whole-scan size: window default 256x256x160, e2e default 512x512x300."),

@@ -14,6 +14,7 @@ from typing import Any, Callable, List, Optional
 import typer
 
 from agn_cli.cli.console import err, out, print_json, warn
+from agn_cli.cli.options import threads_option
 from agn_cli.errors import AgnError
 
 
@@ -159,6 +160,7 @@ def command(
     overlays: Optional[Path] = typer.Option(None, "--overlays", help="Folder for PNGs: attention heat map and box on each frame."),
     top_k: int = typer.Option(3, "--top-k", min=1, help="How many ranked labels per frame."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    threads: Optional[int] = threads_option(),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Frames per forward pass."),
     crop: str = typer.Option("auto", "--crop", help="auto (model card's crop for screen captures), none, or Y0:Y1,X0:X1."),
     every: int = typer.Option(1, "--every", min=1, help="Use every N-th frame of videos and multi-frame DICOM."),
@@ -181,7 +183,7 @@ def command(
     check_overlays(overlays, overwrite)
     params = localisation_params(blur_sigma, threshold, select)
     torch_device = resolve_device(device)
-    configure_cpu_threads()
+    configure_cpu_threads(threads)
     classifier = Classifier(
         weights, torch_device, fast=fast, crop=parse_crop(crop), top_k=top_k, boxes=boxes,
         keep_attention=overlays is not None, keep_images=overlays is not None, localisation=params,

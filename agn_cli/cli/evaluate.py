@@ -12,6 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from agn_cli.cli.console import err, note, out, print_json, warn
+from agn_cli.cli.options import limit_threads, threads_option
 from agn_cli.errors import AgnError
 
 app = typer.Typer(no_args_is_help=True)
@@ -81,6 +82,7 @@ def seg(
     as_json: bool = typer.Option(False, "--json", help="Print only JSON on stdout."),
     csv_path: Optional[Path] = typer.Option(None, "--csv", help="Also write per-case, per-class rows to this CSV."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --csv file."),
+    threads: Optional[int] = threads_option(),
 ) -> None:
     """Dice, precision, recall, volumes (mL), mean surface distance S2S and HD95 (mm) per class.
 
@@ -90,6 +92,7 @@ def seg(
     from agn_cli.runtime.atomic import check_writable, write_text_atomic
     from agn_cli.metrics import segmentation as S
 
+    limit_threads(threads)
     label_ids = _parse_labels(labels)
     label_names = S.load_label_names(names) if names is not None else None
     for path in (pred, gt):

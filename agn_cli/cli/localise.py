@@ -16,6 +16,7 @@ from typing import Any, List, Optional
 import typer
 
 from agn_cli.cli.console import out, print_json, warn
+from agn_cli.cli.options import threads_option
 from agn_cli.errors import AgnError
 
 MASK_SUFFIXES = ("_mask", "-mask", "_seg", "_gt", "_label", "_annotation", "_segmentation")
@@ -72,8 +73,11 @@ class GroundTruth:
         except (OSError, UnicodeDecodeError) as exc:
             raise AgnError(f"cannot read --gt {source}: {exc}") from exc
 
-    def lookup(self, path: str, frame: int) -> tuple[Optional[list[list[float]]], Optional[str], str]:
-        """(boxes or None, label, status) where status is 'ok', 'unmatched' or 'empty' (mask without foreground)."""
+    def lookup(self, path: str, frame: int, shape: tuple[int, ...] = ()) -> tuple[Optional[list[list[float]]], Optional[str], str]:
+        """(boxes or None, label, status) where status is 'ok', 'unmatched' or 'empty' (mask without foreground).
+
+        A mask must have its frame's size (rows, cols): boxes are compared in frame pixels, so a mask of another
+        size would score IoU 0 in silence."""
         p = Path(path)
         if self.masks:
             mask = self.masks.get(p.stem.lower())
@@ -86,6 +90,11 @@ class GroundTruth:
             image = cv2.imread(str(mask), cv2.IMREAD_UNCHANGED)
             if image is None:
                 raise AgnError(f"cannot read mask {mask}")
+            if shape and tuple(image.shape[:2]) != tuple(shape[:2]):
+                raise AgnError(
+                    f"--gt mask {mask} is {image.shape[1]}x{image.shape[0]} pixels but frame {p.name} is "
+                    f"{shape[1]}x{shape[0]}; masks must match their frames pixel for pixel"
+                )
             box = mask_box(image)
             return ([box] if box else None), self.label, "ok" if box else "empty"
         for key in (path, p.name, p.stem):
@@ -125,6 +134,7 @@ def command(
     target_class: Optional[str] = typer.Option(None, "--class", help="Localise this class's attention instead of the predicted one."),
     weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="Checkpoint (.safetensors + card); default: the shipped SonoNet-16."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    threads: Optional[int] = threads_option(),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Frames per forward pass."),
     crop: str = typer.Option("auto", "--crop", help="auto (model card's crop for screen captures), none, or Y0:Y1,X0:X1."),
     every: int = typer.Option(1, "--every", min=1, help="Use every N-th frame of videos and multi-frame DICOM."),
@@ -158,7 +168,7 @@ def command(
     params = localisation_params(blur_sigma, threshold, select, normalise, min_area, step)
     truth = GroundTruth(gt, gt_label) if gt is not None else None
     torch_device = resolve_device(device)
-    configure_cpu_threads()
+    configure_cpu_threads(threads)
     classifier = Classifier(
         weights, torch_device, fast=fast, crop=parse_crop(crop), top_k=3, boxes=True,
         keep_attention=overlays is not None, keep_images=overlays is not None, localisation=params,
@@ -169,8 +179,8 @@ def command(
     payload: dict[str, Any] = {"frames": frames, "summary": summary.to_dict(), "parameters": vars(params).copy()}
     if truth is not None:
         records, status_count = [], {"ok": 0, "unmatched": 0, "empty": 0}
-        for row in frames:
-            boxes, label, status = truth.lookup(row["path"], row["frame"])
+        for row, result in zip(frames, results):
+            boxes, label, status = truth.lookup(row["path"], row["frame"], result.shape)
             status_count[status] += 1
             row["gt_box"], row["iou"] = None, None
             if boxes is None:

@@ -73,6 +73,65 @@ def threads_from_environment() -> int | None:
     return value
 
 
+def available_memory(device: torch.device) -> int | None:
+    """Bytes a new allocation can get on `device` now (free GPU memory, MemAvailable on Linux), None if unknown."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type == "cpu":
+        try:
+            with open("/proc/meminfo", encoding="utf-8") as fh:
+                for line in fh:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        try:
+            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return None
+    return None
+
+
+def check_input_fits(model: torch.nn.Module, shape: tuple[int, ...], device: torch.device, train: bool = False,
+                     what: str = "--size", name: str | None = None) -> int:
+    """Run `model` on meta tensors of `shape` (no memory, no compute): an input the network cannot take fails here
+    in one line, and the activations give a lower bound on the memory a real pass needs, checked against what
+    `device` has before anything is allocated. Returns that lower bound in bytes."""
+    import copy
+
+    meta = copy.deepcopy(model).to("meta").train(train)
+    total = largest = 0
+
+    def count(module, inputs, output) -> None:
+        nonlocal total, largest
+        for tensor in output if isinstance(output, (tuple, list)) else [output]:
+            if isinstance(tensor, torch.Tensor):
+                size = tensor.numel() * tensor.element_size()
+                total += size
+                largest = max(largest, size)
+
+    hooks = [m.register_forward_hook(count) for m in meta.modules() if not list(m.children())]
+    size_text = "x".join(map(str, shape[2:]))
+    try:
+        with torch.set_grad_enabled(train):
+            meta(torch.empty(shape, device="meta"))
+    except RuntimeError as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise AgnError(f"{what} {size_text} does not fit {name or type(model).__name__}: {reason}") from None
+    finally:
+        for hook in hooks:
+            hook.remove()
+    # training keeps every activation for the backward pass; inference holds at least a layer's input and output
+    needed = total if train else 2 * largest
+    free = available_memory(device)
+    if free is not None and needed > free:
+        raise AgnError(
+            f"{what} {size_text} (batch {shape[0]}) needs at least {needed / 2**30:.1f} GiB on {device} "
+            f"but {free / 2**30:.1f} GiB are free; use a smaller size or batch"
+        )
+    return needed
+
+
 def device_name(device: torch.device) -> str:
     """A human-readable name for benchmark records."""
     if device.type == "cuda":
