@@ -236,10 +236,24 @@ def load_weights_into(model: nn.Module, state: dict[str, torch.Tensor], weights:
     model.load_state_dict(state, strict=True)
 
 
+def shipped_weights_dir() -> Path:
+    """The checkpoints that ship with agn: the installed package data `agn_cli.weights` (top-level weights/ in the
+    source tree, mapped in pyproject.toml), else the source checkout's weights/ folder."""
+    try:
+        from importlib.resources import files
+
+        shipped = files("agn_cli.weights")
+        if isinstance(shipped, Path) and shipped.is_dir():
+            return shipped
+    except (ImportError, TypeError):  # running from a source checkout without installing
+        pass
+    return Path(__file__).resolve().parents[2] / "weights"
+
+
 def weights_dirs() -> list[Path]:
-    """Where installed weights live: $AGN_WEIGHTS (os.pathsep-separated) then the project's weights/ folder."""
+    """Where installed weights live: $AGN_WEIGHTS (os.pathsep-separated) then the shipped checkpoints."""
     dirs = [Path(p) for p in os.environ.get("AGN_WEIGHTS", "").split(os.pathsep) if p]
-    dirs.append(Path(__file__).resolve().parents[2] / "weights")
+    dirs.append(shipped_weights_dir())
     return [d for d in dirs if d.is_dir()]
 
 
