@@ -74,6 +74,16 @@ def run_agn_here(capsys: pytest.CaptureFixture, *args: str) -> AgnRun:
     return AgnRun(code, captured.out, captured.err)
 
 
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory) -> Path:
+    """F1 = 4 attention U-Net at 6 mm with a 64^3 patch: the real `agn segment` pipeline in seconds per scan."""
+    from agn_cli.apps.weights_init import init_checkpoint
+
+    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
+    init_checkpoint("attention-unet3d", "spleen,pancreas,kidney", path, base_filters=4, spacing="6", patch="64x64x64")
+    return path
+
+
 def require(path: Path) -> Path:
     """Skip (with the path in the reason) when one real data file is missing."""
     if not path.exists():

@@ -8,6 +8,7 @@ handed to networks are in (x, y, z) order (`array_xyz`), the transpose of Simple
 from __future__ import annotations
 
 import contextlib
+import functools
 import gzip
 import os
 import shutil
@@ -103,13 +104,25 @@ def _check_image(image: sitk.Image, source: str) -> sitk.Image:
 
 def dicom_series(folder: Path) -> list[tuple[str, list[str]]]:
     """(series UID, file names) for every DICOM series directly in `folder`, most slices first."""
+    folder = Path(folder)
+    try:
+        stamp = folder.stat().st_mtime_ns
+    except OSError:
+        return []
+    return list(_dicom_series(str(folder), stamp))
+
+
+@functools.lru_cache(maxsize=64)
+def _dicom_series(folder: str, stamp: int) -> tuple[tuple[str, list[str]], ...]:
+    """GDCM's folder scan, once per folder state: it can take seconds per damaged file, and a run asks several times
+    (batch detection, reading, the gap check). `stamp` (the folder's mtime) changes when files come or go."""
     with _native_stderr_silenced():  # GDCM warns "No Series were found" on stderr
         try:
-            ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+            ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder)
         except RuntimeError:
             ids = ()
-        series = [(uid, list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid))) for uid in ids]
-    return sorted(series, key=lambda item: -len(item[1]))
+        series = [(uid, list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, uid))) for uid in ids]
+    return tuple(sorted(series, key=lambda item: -len(item[1])))
 
 
 def _read_dicom(folder: Path, series_uid: str | None, notify: Callable[[str], None], allow_nonuniform: bool = False) -> sitk.Image:
