@@ -92,14 +92,16 @@ def available_memory(device: torch.device) -> int | None:
     return None
 
 
-def check_input_fits(model: torch.nn.Module, shape: tuple[int, ...], device: torch.device, train: bool = False,
-                     what: str = "--size", name: str | None = None) -> int:
-    """Run `model` on meta tensors of `shape` (no memory, no compute): an input the network cannot take fails here
-    in one line, and the activations give a lower bound on the memory a real pass needs, checked against what
-    `device` has before anything is allocated. Returns that lower bound in bytes."""
+# Spatial axes are clipped to this for the probe forward (real, on the CPU, batch 1): small enough to take
+# milliseconds, large enough for any network's poolings; activations then scale with the voxel count.
+PROBE_AXIS = 16
+
+
+def _activation_bytes(model: torch.nn.Module, shape: tuple[int, ...], device: str) -> tuple[int, int]:
+    """(sum, largest) bytes of the leaf modules' outputs for one forward of a copy of `model` on `shape`."""
     import copy
 
-    meta = copy.deepcopy(model).to("meta").train(train)
+    probe = copy.deepcopy(model).to(device).eval()  # the same shapes as training, without batch-statistics checks
     total = largest = 0
 
     def count(module, inputs, output) -> None:
@@ -110,19 +112,43 @@ def check_input_fits(model: torch.nn.Module, shape: tuple[int, ...], device: tor
                 total += size
                 largest = max(largest, size)
 
-    hooks = [m.register_forward_hook(count) for m in meta.modules() if not list(m.children())]
-    size_text = "x".join(map(str, shape[2:]))
+    hooks = [m.register_forward_hook(count) for m in probe.modules() if not list(m.children())]
     try:
-        with torch.set_grad_enabled(train):
-            meta(torch.empty(shape, device="meta"))
-    except RuntimeError as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise AgnError(f"{what} {size_text} does not fit {name or type(model).__name__}: {reason}") from None
+        with torch.no_grad():
+            probe(torch.zeros(shape, device=device))
     finally:
         for hook in hooks:
             hook.remove()
+    return total, largest
+
+
+def check_input_fits(model: torch.nn.Module, shape: tuple[int, ...], device: torch.device, train: bool = False,
+                     what: str = "--size", name: str | None = None) -> int:
+    """Before the real run: an input the network cannot take fails in one line, and a lower bound on the memory a
+    pass needs is checked against what `device` has free. Returns that bound in bytes.
+
+    A copy of the network runs once on the CPU with batch 1 and axes clipped to PROBE_AXIS (milliseconds); its
+    activations scale with the voxel count. Only when the clipped probe fails is the full shape tried on meta
+    tensors (no memory, about a second of Python), so a network that needs large inputs is not refused wrongly."""
+    import math
+
+    spatial = tuple(int(v) for v in shape[2:])
+    clipped = tuple(min(v, PROBE_AXIS) for v in spatial)
+    size_text = "x".join(map(str, spatial))
+    try:
+        try:
+            total, largest = _activation_bytes(model, (1, shape[1], *clipped), "cpu")
+            scale = shape[0] * math.prod(spatial) / math.prod(clipped)
+        except RuntimeError:
+            if clipped == spatial:
+                raise
+            total, largest = _activation_bytes(model, (1, shape[1], *spatial), "meta")
+            scale = shape[0]
+    except RuntimeError as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise AgnError(f"{what} {size_text} does not fit {name or type(model).__name__}: {reason}") from None
     # training keeps every activation for the backward pass; inference holds at least a layer's input and output
-    needed = total if train else 2 * largest
+    needed = int((total if train else 2 * largest) * scale)
     free = available_memory(device)
     if free is not None and needed > free:
         raise AgnError(
