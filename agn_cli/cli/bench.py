@@ -113,14 +113,14 @@ def command(
 
     from agn_cli.apps.bench import BenchConfig, run_benchmark
     from agn_cli.errors import AgnError
-    from agn_cli.runtime.atomic import check_writable, write_text_atomic
+    from agn_cli.runtime.atomic import check_outputs, write_text_atomic
 
     if compare is not None and compare.strip().lower() != "eager":
         raise AgnError(f"--compare takes 'eager', got '{compare}'")
     if compare is not None and not fast:
         raise AgnError("--compare eager compares the fast path with eager; drop --no-fast")
     if output is not None:
-        check_writable(output, overwrite)
+        check_outputs([output], overwrite, inputs=(input, weights))
     if model is None:
         model = "ag-sononet-8" if size is not None and size.lower().count("x") == 1 else "attention-unet3d"
     cfg = BenchConfig(

@@ -14,18 +14,20 @@ from typing import Any, Callable, List, Optional
 import typer
 
 from agn_cli.cli.console import err, out, print_json, warn
-from agn_cli.cli.options import threads_option
+from agn_cli.cli.options import input_option, merge_inputs, threads_option
 from agn_cli.errors import AgnError
 
 
-def check_output(output: Optional[Path], overwrite: bool, allowed: tuple[str, ...] = (".json", ".csv")) -> None:
-    from agn_cli.runtime.atomic import check_writable
+def check_output(output: Optional[Path], overwrite: bool, allowed: tuple[str, ...] = (".json", ".csv"),
+                 inputs: tuple = ()) -> None:
+    """Before any compute: a results file of a known type, new (or --overwrite), not an input or a model card."""
+    from agn_cli.runtime.atomic import check_outputs
 
     if output is None:
         return
     if output.suffix.lower() not in allowed:
         raise AgnError(f"-o {output}: use a {' or '.join(allowed)} file")
-    check_writable(output, overwrite)
+    check_outputs([output], overwrite, inputs)
 
 
 def coco_path(output: Path) -> Path:
@@ -153,7 +155,8 @@ def run_classifier(classifier: Any, inputs: List[Path], every: int, batch_size: 
 
 
 def command(
-    inputs: List[Path] = typer.Argument(..., help="Frames: images, DICOM, videos, or folders (searched recursively)."),
+    inputs: Optional[List[Path]] = typer.Argument(None, help="Frames: images, DICOM, videos, or folders (searched recursively).", show_default=False),
+    more_inputs: Optional[List[Path]] = input_option(),
     weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="Checkpoint (.safetensors + card); default: the shipped SonoNet-16."),
     boxes: bool = typer.Option(False, "--boxes", help="Also a box per frame from the network's attention."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write results to .json or .csv (and <stem>.coco.json with --boxes)."),
@@ -175,11 +178,12 @@ def command(
     from agn_cli.us.classifier import Classifier, results_to_coco
     from agn_cli.runtime.device import configure_cpu_threads, resolve_device
     from agn_cli.us.preprocess import parse_crop
-    from agn_cli.runtime.atomic import check_writable, write_text_atomic
+    from agn_cli.runtime.atomic import write_text_atomic
 
-    check_output(output, overwrite)
+    inputs = merge_inputs(inputs, more_inputs, "frames")
+    check_output(output, overwrite, inputs=(*inputs, weights))
     if output is not None and boxes:
-        check_writable(coco_path(output), overwrite)
+        check_output(coco_path(output), overwrite, inputs=(*inputs, weights))
     check_overlays(overlays, overwrite)
     params = localisation_params(blur_sigma, threshold, select)
     torch_device = resolve_device(device)

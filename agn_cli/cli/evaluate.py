@@ -89,7 +89,7 @@ def seg(
     Give two label map files (NIfTI, NRRD, MHA) or two folders. A prediction on another grid is resampled onto the
     reference (nearest neighbour) with a warning. Classes absent in both maps get '-' (NaN) and a note.
     """
-    from agn_cli.runtime.atomic import check_writable, write_text_atomic
+    from agn_cli.runtime.atomic import check_outputs, write_text_atomic
     from agn_cli.metrics import segmentation as S
 
     limit_threads(threads)
@@ -101,7 +101,7 @@ def seg(
     if pred.is_dir() != gt.is_dir():
         raise AgnError("give two label map files or two folders, not one of each")
     if csv_path is not None:
-        check_writable(csv_path, overwrite)  # fail before the work, not after
+        check_outputs([csv_path], overwrite, inputs=(pred, gt, names))  # fail before the work, not after
 
     if pred.is_dir():
         with _progress() as bar:

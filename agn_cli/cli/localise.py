@@ -16,7 +16,7 @@ from typing import Any, List, Optional
 import typer
 
 from agn_cli.cli.console import out, print_json, warn
-from agn_cli.cli.options import threads_option
+from agn_cli.cli.options import input_option, merge_inputs, threads_option
 from agn_cli.errors import AgnError
 
 MASK_SUFFIXES = ("_mask", "-mask", "_seg", "_gt", "_label", "_annotation", "_segmentation")
@@ -126,7 +126,8 @@ def metrics_table(table: dict[str, dict[str, float]]):
 
 
 def command(
-    inputs: List[Path] = typer.Argument(..., help="Frames: images, DICOM, videos, or folders (searched recursively)."),
+    inputs: Optional[List[Path]] = typer.Argument(None, help="Frames: images, DICOM, videos, or folders (searched recursively).", show_default=False),
+    more_inputs: Optional[List[Path]] = input_option(),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write boxes (and IoU with --gt) to .json or .csv."),
     overlays: Optional[Path] = typer.Option(None, "--overlays", help="Folder for PNGs: attention heat map and box on each frame."),
     gt: Optional[Path] = typer.Option(None, "--gt", help="Ground truth: CSV path,x0,y0,x1,y1[,frame,label] or a folder of masks."),
@@ -163,7 +164,8 @@ def command(
     from agn_cli.us.preprocess import parse_crop
     from agn_cli.us.localisation import box_iou, localisation_table
 
-    check_output(output, overwrite)
+    inputs = merge_inputs(inputs, more_inputs, "frames")
+    check_output(output, overwrite, inputs=(*inputs, weights, gt))
     check_overlays(overlays, overwrite)
     params = localisation_params(blur_sigma, threshold, select, normalise, min_area, step)
     truth = GroundTruth(gt, gt_label) if gt is not None else None

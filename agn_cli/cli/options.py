@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import Any, Optional, Sequence
 
 import typer
+
+from agn_cli.errors import AgnError
 
 
 def limit_threads(threads: int | None) -> None:
@@ -13,6 +16,19 @@ def limit_threads(threads: int | None) -> None:
         from agn_cli.runtime.device import configure_cpu_threads
 
         configure_cpu_threads(threads)
+
+
+def input_option() -> Any:
+    """`-i/--input`, an alias of the positional inputs (TotalSegmentator / nnU-Net habit); both may be given."""
+    return typer.Option(None, "-i", "--input", help="An input (as the arguments; may be repeated).", show_default=False)
+
+
+def merge_inputs(arguments: Optional[Sequence[Path]], options: Optional[Sequence[Path]], what: str) -> list[Path]:
+    """The positional inputs followed by the -i ones; none at all is a usage error."""
+    inputs = [*(arguments or []), *(options or [])]
+    if not inputs:
+        raise AgnError(f"no input: give {what} as arguments or with -i")
+    return inputs
 
 
 def threads_option() -> Any:

@@ -9,7 +9,7 @@ from typing import Any, List, Optional
 import typer
 
 from agn_cli.cli.console import err, note, out, print_json, warn
-from agn_cli.cli.options import threads_option
+from agn_cli.cli.options import input_option, merge_inputs, threads_option
 from agn_cli.errors import AgnError
 
 
@@ -17,9 +17,7 @@ def command(
     inputs: Optional[List[Path]] = typer.Argument(
         None, help="CT scans: NIfTI/NRRD/MHA/MHD files, DICOM series folders, or a folder of scans (batch).", show_default=False
     ),
-    more_inputs: Optional[List[Path]] = typer.Option(
-        None, "-i", "--input", help="Input scan or folder (as the arguments; TotalSegmentator/nnU-Net habit).", show_default=False
-    ),
+    more_inputs: Optional[List[Path]] = input_option(),
     output: str = typer.Option(
         ..., "-o", "--output",
         help="Label map file (.nii.gz, .nii, .nrrd, .mha, .mhd), or a folder (ends in '/', or several scans).",
@@ -56,7 +54,7 @@ def command(
     from agn_cli.ct.outputs import case_state, plan_segmentation
 
     # every output is named and checked before the scan is read, the model loaded or torch imported
-    plan = plan_segmentation([*(inputs or []), *(more_inputs or [])], output, probabilities, attention, preview, overwrite, weights)
+    plan = plan_segmentation(merge_inputs(inputs, more_inputs, "CT scans"), output, probabilities, attention, preview, overwrite, weights)
     if not plan.batch:
         from agn_cli.ct.segmenter import read_case
 
