@@ -55,6 +55,7 @@ def test_default_lookup_keeps_the_classifier():
     assert read_card(classifier.with_suffix(".json")).task == "classification"
 
 
+@pytest.mark.slow
 def test_segment_phantom_without_weights(tmp_path):
     """No --weights: one-line notice, a mask on the input's exact grid with the card's ids, liver found."""
     from agn_cli.synth.ct_phantom import LABELS as PHANTOM, generate_ct_case
@@ -76,6 +77,7 @@ def test_segment_phantom_without_weights(tmp_path):
     assert 2 * (liver & ref).sum() / (liver.sum() + ref.sum()) > 0.7
 
 
+@pytest.mark.slow
 def test_sim_to_real_dice_floors(shared_dir, tmp_path):
     """Default model on the one real CT (TotalSegmentator silver labels): Dice per organ above the floors."""
     from agn_cli.metrics.segmentation import evaluate_files

@@ -229,3 +229,17 @@ def test_single_scan_into_a_new_folder(tmp_path, scan, tiny_weights):
     code, _, stderr = run_agn("segment", "-i", scan, "-o", f"{tmp_path / 'new'}/", "--weights", tiny_weights)
     assert code == 0, stderr
     assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["scan.json", "scan.nii.gz"]
+
+
+def test_plan_names_batch_outputs_without_the_nnunet_channel_suffix(tmp_path):
+    from agn_cli.ct.outputs import case_name, plan_segmentation
+
+    images = tmp_path / "imagesTr"
+    for name in ("liver_001_0000.nii.gz", "liver_002_0000.nii.gz", "plain.mha"):
+        write_volume(synthetic_ct(size=(8, 8, 4)), images / name)
+    (images / ".liver_003_0000.nii.gz.x.tmp.nii.gz").write_bytes(b"a temporary file of a killed run")
+    plan = plan_segmentation([images], str(tmp_path / "preds"), preview=tmp_path / "previews")
+    assert plan.batch
+    assert [o.mask.name for _, o in plan.cases] == ["liver_001.nii.gz", "liver_002.nii.gz", "plain.nii.gz"]
+    assert [o.preview.name for _, o in plan.cases] == ["liver_001_preview.png", "liver_002_preview.png", "plain_preview.png"]
+    assert case_name(Path("_0000.nii.gz")) == "_0000" and case_name(Path("a_0001.nii.gz")) == "a_0001"

@@ -90,6 +90,7 @@ def test_window_covering_the_volume_equals_a_single_forward():
 
 
 @pytest.mark.parametrize("name", ["example_ct.nii.gz", "example_ct_sm.nii.gz", "example_ct_dicom"])
+@pytest.mark.slow
 def test_segment_real_ct_output_lies_exactly_on_the_input(shared_dir, tiny_weights, tmp_path, name):
     source = require(shared_dir / CT / name)
     output = tmp_path / "mask.nii.gz"
@@ -121,6 +122,7 @@ def with_mirror_axes(weights: Path, axes: list[int], folder: Path) -> Path:
     return copy
 
 
+@pytest.mark.slow
 def test_optional_outputs_on_oblique_scan(tiny_weights, tmp_path):
     c, s = np.cos(np.radians(15)), np.sin(np.radians(15))
     image = synthetic_ct(direction=(-1, 0, 0, 0, -c, s, 0, s, c))  # flipped x, tilted y/z
@@ -151,6 +153,7 @@ def test_optional_outputs_on_oblique_scan(tiny_weights, tmp_path):
     assert sidecar["tta"] and sidecar["largest_component"] and set(sidecar["attention"]) == {"level2", "level3", "level4"}
 
 
+@pytest.mark.slow
 def test_tta_mirrors_only_the_axes_the_model_was_trained_to_flip(tiny_weights, tmp_path):
     scan = write_volume(synthetic_ct(), tmp_path / "scan.nii.gz")
     # the card records no flips (like every lateralised CT model): mirroring would swap left and right organs
@@ -176,6 +179,7 @@ def test_largest_component_keeps_one_blob_per_label():
     assert out[2, 2, 2] == 0 and out[12, 12, 12] == 1 and out[5, 15, 2] == 2
 
 
+@pytest.mark.slow
 def test_warnings_for_non_hu_and_anisotropy(tiny_weights, tmp_path):
     arr = np.random.default_rng(1).integers(0, 255, size=(30, 30, 8)).astype(np.uint8)
     scan = write_volume(image_from_xyz(arr, Geometry((30, 30, 8), (0.7, 0.7, 5.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))), tmp_path / "mr.nii.gz")
@@ -184,6 +188,7 @@ def test_warnings_for_non_hu_and_anisotropy(tiny_weights, tmp_path):
     assert "Hounsfield" in stderr and "anisotropic" in stderr
 
 
+@pytest.mark.slow
 def test_existing_output_needs_overwrite(tiny_weights, tmp_path):
     scan = write_volume(synthetic_ct(), tmp_path / "scan.nii.gz")
     (tmp_path / "m.nii.gz").write_bytes(b"old")
@@ -194,6 +199,7 @@ def test_existing_output_needs_overwrite(tiny_weights, tmp_path):
     assert code == 0, stderr
 
 
+@pytest.mark.slow
 def test_default_weights_notice_and_missing_weights_message(tiny_weights, tmp_path):
     scan = write_volume(synthetic_ct(), tmp_path / "scan.nii.gz")
     no_default = "import agn_cli.runtime.checkpoint as c; c.find_default_weights = lambda task: None"
@@ -255,6 +261,7 @@ def test_bad_inputs_exit_2_one_line_no_output(tiny_weights, tmp_path, kind):
 # ------------------------------------------------------------------------------------------------ batches
 
 
+@pytest.mark.slow
 def test_batch_with_a_broken_case(tiny_weights, tmp_path):
     scans = tmp_path / "scans"
     write_volume(synthetic_ct(seed=1), scans / "a.nii.gz")
@@ -288,6 +295,7 @@ class ThresholdNet(nn.Module):
         return (logits, {}) if return_attention else logits
 
 
+@pytest.mark.slow
 def test_card_postprocessing_sets_the_largest_component_default(tiny_weights, tmp_path):
     import shutil
 

@@ -12,6 +12,7 @@ from agn_cli.apps.weights_init import parse_labels, parse_size
 from tests.conftest import run_agn
 
 
+@pytest.mark.slow
 def test_init_writes_a_loadable_checkpoint_with_a_valid_card(tmp_path):
     path = tmp_path / "w.safetensors"
     code, stdout, stderr = run_agn("weights", "init", "--model", "attention-unet3d", "--labels", "spleen,pancreas,kidney", "-o", path,
@@ -34,6 +35,7 @@ def test_init_writes_a_loadable_checkpoint_with_a_valid_card(tmp_path):
     assert code == 2 and "--overwrite" in stderr
 
 
+@pytest.mark.slow
 def test_seed_makes_init_reproducible(tmp_path):
     import torch
     from safetensors.torch import load_file
@@ -50,6 +52,7 @@ def test_seed_makes_init_reproducible(tmp_path):
     assert not all(torch.equal(states[0][k], states[2][k]) for k in states[0])
 
 
+@pytest.mark.slow
 def test_verify_ok_and_mismatch(tmp_path):
     path = tmp_path / "w.safetensors"
     assert run_agn("weights", "init", "-m", "unet3d", "--labels", "liver", "-o", path, "--base-filters", "2")[0] == 0
@@ -67,6 +70,7 @@ def test_verify_ok_and_mismatch(tmp_path):
     assert code == 2 and "not found" in stderr
 
 
+@pytest.mark.slow
 def test_list_reads_agn_weights_folders(tmp_path, monkeypatch):
     folder = tmp_path / "weights"
     assert run_agn("weights", "init", "-m", "unet3d", "--labels", "liver", "-o", folder / "ct.safetensors", "--base-filters", "2", "--default")[0] == 0
