@@ -60,6 +60,13 @@ def run_agn(
     return AgnRun(proc.returncode, proc.stdout, proc.stderr)
 
 
+def one_error_line(stderr: str) -> str:
+    """The single `error: ...` line a user error prints (no traceback, nothing else); returned for further checks."""
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in stderr, stderr
+    return lines[0]
+
+
 def run_agn_here(capsys: pytest.CaptureFixture, *args: str) -> AgnRun:
     """Deprecated in-process run (bypasses the interpreter start); new tests use `run_agn`."""
     from agn_cli.cli.app import main

@@ -7,13 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.conftest import run_agn
-
-
-def _one_error_line(stderr: str) -> str:
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in stderr, stderr
-    return lines[0]
+from tests.conftest import one_error_line, run_agn
 
 
 @pytest.mark.parametrize("size, message", [
@@ -22,7 +16,7 @@ def _one_error_line(stderr: str) -> str:
 ])
 def test_bench_refuses_impossible_sizes(size, message):
     code, _, stderr = run_agn("bench", "--size", size, "--device", "cpu", "--repeat", "1", "--warmup", "0")
-    assert code == 2 and message in _one_error_line(stderr)
+    assert code == 2 and message in one_error_line(stderr)
 
 
 def test_check_input_fits_gives_a_memory_lower_bound():
@@ -52,5 +46,5 @@ def test_localise_refuses_a_mask_of_another_size(tmp_path):
     mask[20:40, 30:50] = 255
     cv2.imwrite(str(masks / "001_HC_Mask.png"), mask)
     code, _, stderr = run_agn("localise", frames, "--gt", masks, "--device", "cpu")
-    line = _one_error_line(stderr)
+    line = one_error_line(stderr)
     assert code == 2 and "80x60" in line and "160x120" in line

@@ -7,13 +7,7 @@ from __future__ import annotations
 
 import json
 
-from tests.conftest import run_agn
-
-
-def _one_error_line(stderr: str) -> str:
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in stderr, stderr
-    return lines[0]
+from tests.conftest import one_error_line, run_agn
 
 
 def test_data_check_on_a_bad_dataset_exits_2(tmp_path):
@@ -55,13 +49,13 @@ def test_device_out_of_memory_is_one_line_exit_2():
         "B.run_benchmark = run\n"
     )
     code, _, stderr = run_agn("bench", "--size", "16x16x16", setup=oom)
-    assert code == 2 and "ran out of memory" in _one_error_line(stderr)
+    assert code == 2 and "ran out of memory" in one_error_line(stderr)
 
 
 def test_full_disk_escaping_a_command_is_one_line_exit_2(tmp_path):
     full = _failing_data_check("raise OSError(errno.ENOSPC, 'No space left on device', '/data/out.json')")
     code, _, stderr = run_agn("data", "check", tmp_path, setup=full)
-    assert code == 2 and "No space left on device: /data/out.json" in _one_error_line(stderr)
+    assert code == 2 and "No space left on device: /data/out.json" in one_error_line(stderr)
 
 
 def test_an_unexpected_error_is_not_a_success(tmp_path):
@@ -71,6 +65,6 @@ def test_an_unexpected_error_is_not_a_success(tmp_path):
 
 def test_usage_errors_exit_2():
     code, _, stderr = run_agn("segment", "-o", "mask.nii.gz")
-    assert code == 2 and "no input" in _one_error_line(stderr)
+    assert code == 2 and "no input" in one_error_line(stderr)
     code, _, stderr = run_agn("segment", "x.nii.gz", "-o", "m.nii.gz", "--threads", "0")
     assert code == 2 and "--threads" in stderr

@@ -14,14 +14,8 @@ import pytest
 from agn_cli.ct.volume import write_volume
 from agn_cli.errors import AgnError
 from agn_cli.runtime.atomic import Transaction, atomic_dir, atomic_path, check_outputs, write_text_atomic
-from tests.conftest import run_agn
+from tests.conftest import one_error_line, run_agn
 from tests.test_segment import synthetic_ct
-
-
-def _one_error_line(stderr: str) -> str:
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in stderr, stderr
-    return lines[0]
 
 
 @pytest.fixture
@@ -118,7 +112,7 @@ def test_bad_output_names_are_refused_before_compute(tmp_path, scan, output, mes
     before = scan.read_bytes()
     code, _, stderr = run_agn("segment", scan, "-o", tmp_path / output, "--weights", tmp_path / "absent.safetensors",
                               "--overwrite")
-    assert code == 2 and message in _one_error_line(stderr)  # before the (absent) weights are even looked at
+    assert code == 2 and message in one_error_line(stderr)  # before the (absent) weights are even looked at
     assert scan.read_bytes() == before and not (tmp_path / "mask.png").exists()
 
 
@@ -129,7 +123,7 @@ def test_sidecar_named_like_a_model_card_is_refused(tmp_path, scan, tiny_weights
         shutil.copy(tiny_weights.with_name(tiny_weights.stem + Path(name).suffix), tmp_path / name)
     card = (tmp_path / "w.json").read_bytes()
     code, _, stderr = run_agn("segment", scan, "-o", tmp_path / "w.nii.gz", "--weights", tiny_weights, "--overwrite")
-    assert code == 2 and "model card" in _one_error_line(stderr)
+    assert code == 2 and "model card" in one_error_line(stderr)
     assert (tmp_path / "w.json").read_bytes() == card and not (tmp_path / "w.nii.gz").exists()
 
 
@@ -137,11 +131,11 @@ def test_unwritable_output_folder_fails_in_one_line_before_compute(tmp_path, sca
     blocker = tmp_path / "not_a_folder"
     blocker.write_text("x")
     code, _, stderr = run_agn("segment", scan, "-o", blocker / "sub" / "m.nii.gz", "--weights", tmp_path / "absent.safetensors")
-    assert code == 2 and "is a file, not a folder" in _one_error_line(stderr)
+    assert code == 2 and "is a file, not a folder" in one_error_line(stderr)
     read_only = "import errno, tempfile\ndef ro(*a, **k): raise OSError(errno.EROFS, 'Read-only file system')\ntempfile.mkstemp = ro\n"
     code, _, stderr = run_agn("segment", scan, "-o", tmp_path / "m.nii.gz", "--weights", tmp_path / "absent.safetensors",
                               setup=read_only)
-    assert code == 2 and "read-only" in _one_error_line(stderr)
+    assert code == 2 and "read-only" in one_error_line(stderr)
 
 
 @pytest.mark.slow
@@ -217,11 +211,11 @@ def test_batch_output_folder_checks(tmp_path):
     write_volume(synthetic_ct(seed=2), images / "a.nii.gz")
     absent = tmp_path / "absent.safetensors"
     code, _, stderr = run_agn("segment", images, "-o", tmp_path / "masks.nii.gz", "--weights", absent)
-    assert code == 2 and "folder" in _one_error_line(stderr)
+    assert code == 2 and "folder" in one_error_line(stderr)
     code, _, stderr = run_agn("segment", images, "-o", images, "--weights", absent)
-    assert code == 2 and "input folder" in _one_error_line(stderr)
+    assert code == 2 and "input folder" in one_error_line(stderr)
     code, _, stderr = run_agn("segment", images, "-o", tmp_path / "out", "--weights", absent)
-    assert code == 2 and "both be written to" in _one_error_line(stderr)  # a_0000 and a: same mask name
+    assert code == 2 and "both be written to" in one_error_line(stderr)  # a_0000 and a: same mask name
 
 
 @pytest.mark.slow

@@ -56,12 +56,13 @@ def command(
     # every output is named and checked before the scan is read, the model loaded or torch imported
     plan = plan_segmentation(merge_inputs(inputs, more_inputs, "CT scans"), output, probabilities, attention, preview, overwrite, weights)
     if not plan.batch:
-        from agn_cli.ct.segmenter import read_case
+        from agn_cli.ct.volume import read_volume
 
         source, single_outputs = plan.cases[0]
         started = time.perf_counter()
-        # input errors before the model loads; the list hands the scan over so it is freed before inference
-        scan = [read_case(source, single_outputs, series, overwrite, notify=note, allow_nonuniform=allow_nonuniform)]
+        # input errors before the model loads (and torch is imported); the list hands the scan over so it is freed
+        # before inference
+        scan = [read_volume(source, series_uid=series, notify=note, allow_nonuniform=allow_nonuniform)]
         read_s = time.perf_counter() - started
 
     from agn_cli.runtime.checkpoint import find_default_weights, resolve_checkpoint
