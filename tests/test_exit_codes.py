@@ -10,6 +10,11 @@ import json
 from tests.conftest import one_error_line, run_agn
 
 
+def _failing_data_check(raise_statement: str) -> str:
+    """Setup code: `agn data check` (a command that does not import torch, so the test is quick) raises."""
+    return f"import errno, agn_cli.train.datasets as D\ndef check(*a, **k): {raise_statement}\nD.check_dataset = check\n"
+
+
 def test_data_check_on_a_bad_dataset_exits_2(tmp_path):
     dataset = tmp_path / "Dataset001_Bad"
     (dataset / "imagesTr").mkdir(parents=True)
@@ -32,23 +37,15 @@ def test_failing_training_ranks_make_the_launcher_fail(tmp_path):
     assert code == 3, stderr
 
 
-def _failing_data_check(raise_statement: str) -> str:
-    """Setup code: `agn data check` (a command that does not import torch, so the test is quick) raises."""
-    return f"import errno, agn_cli.train.datasets as D\ndef check(*a, **k): {raise_statement}\nD.check_dataset = check\n"
-
-
 def test_interrupt_exits_130(tmp_path):
     code, _, stderr = run_agn("data", "check", tmp_path, setup=_failing_data_check("raise KeyboardInterrupt"))
     assert code == 130 and "interrupted" in stderr and "Traceback" not in stderr
 
 
-def test_device_out_of_memory_is_one_line_exit_2():
-    oom = (
-        "import torch, agn_cli.apps.bench as B\n"
-        "def run(*a, **k): raise torch.OutOfMemoryError('CUDA out of memory. Tried to allocate 80.00 GiB')\n"
-        "B.run_benchmark = run\n"
-    )
-    code, _, stderr = run_agn("bench", "--size", "16x16x16", setup=oom)
+def test_device_out_of_memory_is_one_line_exit_2(tmp_path):
+    # the handler goes by the class name (torch.OutOfMemoryError and the CUDA one); no torch import keeps this quick
+    oom = _failing_data_check("raise type('OutOfMemoryError', (RuntimeError,), {})('CUDA out of memory. Tried to allocate 80 GiB')")
+    code, _, stderr = run_agn("data", "check", tmp_path, setup=oom)
     assert code == 2 and "ran out of memory" in one_error_line(stderr)
 
 

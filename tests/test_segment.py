@@ -211,6 +211,7 @@ def test_default_weights_notice_and_missing_weights_message(tiny_weights, tmp_pa
     assert code == 0 and f"using default weights {tiny_weights}" in stderr
 
 
+@pytest.mark.slow
 def test_labels_that_do_not_fit_uint8(tmp_path):
     from agn_cli.runtime.checkpoint import ModelCard, save_checkpoint
     from agn_cli.models import create_model
