@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any, NamedTuple, Optional
 
 import pytest
 import torch
@@ -26,13 +27,48 @@ def shared_dir() -> Path:
     return path
 
 
-def run_agn(*args: str) -> subprocess.CompletedProcess:
-    """`agn ARGS` in a fresh interpreter, from the repository root."""
-    return subprocess.run([sys.executable, "-m", "agn_cli", *args], capture_output=True, text=True, cwd=REPO_ROOT)
+class AgnRun(NamedTuple):
+    """What a user sees from one `agn` process: unpacks as (returncode, stdout, stderr)."""
+
+    returncode: int
+    stdout: str
+    stderr: str
 
 
-def run_agn_here(capsys: pytest.CaptureFixture, *args: str) -> subprocess.CompletedProcess:
-    """In-process run of `agn` (saves the interpreter start); same exit codes and streams as the console script."""
+def run_agn(
+    *args: Any,
+    env: Optional[dict[str, str]] = None,
+    input: Optional[str] = None,
+    setup: Optional[str] = None,
+    cwd: Optional[Path] = None,
+    timeout: float = 600,
+) -> AgnRun:
+    """`agn ARGS` through the real entry point (`main()`) in a fresh interpreter: exit code and streams exactly as a
+    user or a script gets them. `env` adds to (does not replace) the environment; `setup` is Python run in that
+    interpreter before `main()` (to simulate faults, e.g. a failing launcher); this worktree's `agn_cli` is imported."""
+    full_env = {**os.environ, **(env or {})}
+    full_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), full_env.get("PYTHONPATH", "")) if p)
+    full_env.setdefault("COLUMNS", "200")  # tables are not folded into unreadable columns in captured output
+    if setup is None:
+        command = [sys.executable, "-m", "agn_cli"]
+    else:
+        command = [sys.executable, "-c", f"{setup}\nfrom agn_cli.cli.app import main\nmain()"]
+    proc = subprocess.run(
+        [*command, *map(str, args)], capture_output=True, text=True, env=full_env, input=input,
+        cwd=cwd or REPO_ROOT, timeout=timeout,
+    )
+    return AgnRun(proc.returncode, proc.stdout, proc.stderr)
+
+
+def one_error_line(stderr: str) -> str:
+    """The single `error: ...` line a user error prints (no traceback, nothing else); returned for further checks."""
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in stderr, stderr
+    return lines[0]
+
+
+def run_agn_here(capsys: pytest.CaptureFixture, *args: str) -> AgnRun:
+    """Deprecated in-process run (bypasses the interpreter start); new tests use `run_agn`."""
     from agn_cli.cli.app import main
 
     capsys.readouterr()
@@ -42,7 +78,17 @@ def run_agn_here(capsys: pytest.CaptureFixture, *args: str) -> subprocess.Comple
     except SystemExit as exc:
         code = int(exc.code or 0)
     captured = capsys.readouterr()
-    return subprocess.CompletedProcess(list(args), code, captured.out, captured.err)
+    return AgnRun(code, captured.out, captured.err)
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory) -> Path:
+    """F1 = 4 attention U-Net at 6 mm with a 64^3 patch: the real `agn segment` pipeline in seconds per scan."""
+    from agn_cli.apps.weights_init import init_checkpoint
+
+    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
+    init_checkpoint("attention-unet3d", "spleen,pancreas,kidney", path, base_filters=4, spacing="6", patch="64x64x64")
+    return path
 
 
 def require(path: Path) -> Path:

@@ -22,6 +22,7 @@ def bench_json(*args: str) -> dict:
     return json.loads(result.stdout)
 
 
+@pytest.mark.slow
 def test_bench_unet3d_json_has_ms_params_and_peak_memory():
     record = bench_json("--model", "attention-unet3d", "--size", "32x32x16", "--device", "cpu", "--repeat", "2")
     assert record["params"] == 6473322 and record["paper_config"]
@@ -64,6 +65,7 @@ def test_bench_no_fast_and_overrides():
     assert record["results"]["eager"]["path"]["dtype"] == "fp32"
 
 
+@pytest.mark.slow
 def test_bench_train_mode():
     record = run_benchmark(BenchConfig(
         model="attention-unet3d", size="24x24x16", base_filters=4, mode="train", batch=2, device="cpu",
@@ -74,6 +76,7 @@ def test_bench_train_mode():
     assert record["results"]["eager"]["dtype"] == "fp32" and "speedup" in record
 
 
+@pytest.mark.slow
 def test_bench_window_stage():
     record = run_benchmark(BenchConfig(
         model="attention-unet3d", size="16x16x16", base_filters=4, stage="window", scan_size="24x24x20",

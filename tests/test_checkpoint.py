@@ -55,3 +55,48 @@ def test_atomic_outputs_get_umask_permissions_and_leave_nothing_on_failure(tmp_p
             tmp.write_bytes(b"partial")
             raise RuntimeError("crash while writing")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
+
+
+def _edited_card(tmp_path, **changes):
+    """A saved checkpoint whose card is then edited (as a hand-made or mismatched card would be)."""
+    import json
+
+    weights = save_checkpoint(tmp_path / "w.safetensors", create_model("unet3d", in_channels=1, num_classes=3, base_filters=4), _card())
+    card = json.loads(weights.with_suffix(".json").read_text())
+    for key, value in changes.items():
+        card[key] = value
+    weights.with_suffix(".json").write_text(json.dumps(card))
+    return weights
+
+
+def test_weights_that_do_not_fit_their_card_are_refused(tmp_path):
+    weights = _edited_card(tmp_path, model_kwargs={"in_channels": 1, "num_classes": 3, "base_filters": 8})
+    with pytest.raises(AgnError, match=r"\d+ tensor\(s\) of another shape \(e\.g\. decoder\.0\.0\.bias: \(4,\) in the file, \(8,\) for the card's"):
+        load_checkpoint(weights)
+
+
+@pytest.mark.slow
+def test_weights_that_do_not_fit_their_card_are_one_line_exit_2(tmp_path):
+    from tests.conftest import run_agn
+    from tests.test_segment import synthetic_ct
+    from agn_cli.ct.volume import write_volume
+
+    weights = _edited_card(tmp_path, model_kwargs={"in_channels": 1, "num_classes": 3, "base_filters": 8})
+    code, _, stderr = run_agn("weights", "verify", weights)
+    lines = stderr.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "another shape" in lines[0] and "base_filters" not in lines[0]
+    scan = write_volume(synthetic_ct(), tmp_path / "scan.nii.gz")
+    code, _, stderr = run_agn("segment", scan, "-o", tmp_path / "m.nii.gz", "--weights", weights)
+    assert code == 2 and len(stderr.strip().splitlines()) == 1 and "another shape" in stderr
+    assert not (tmp_path / "m.nii.gz").exists()
+
+
+def test_a_card_without_sha256_does_not_disable_the_integrity_check(tmp_path):
+    from tests.conftest import run_agn
+
+    weights = _edited_card(tmp_path, weights_sha256="")
+    with pytest.raises(AgnError, match="records no weights_sha256"):
+        load_checkpoint(weights)
+    load_checkpoint(weights, verify=False)  # an explicit opt-out still loads
+    code, _, stderr = run_agn("weights", "verify", weights)
+    assert code == 2 and "none recorded" in stderr and "Traceback" not in stderr

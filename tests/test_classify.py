@@ -57,6 +57,7 @@ def test_preprocessing_follows_the_card() -> None:
             parse_crop(bad)
 
 
+@pytest.mark.slow
 def test_13_real_examples(shared_dir: Path, tmp_path: Path) -> None:
     folder = require(shared_dir / "data" / "us" / "sononet-examples")
     truth = {row["filename"]: row["sononet_label"] for row in csv.DictReader(open(folder / "labels.csv"))}
@@ -78,6 +79,7 @@ def test_13_real_examples(shared_dir: Path, tmp_path: Path) -> None:
     assert len(coco["images"]) == len(coco["annotations"]) == 13 and len(coco["categories"]) == 14
 
 
+@pytest.mark.slow
 def test_csv_overlays_video_every_and_16bit(frames_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "res.csv"
     result = _agn("classify", str(frames_dir), "--every", "2", "--boxes", "-o", str(out), "--overlays",

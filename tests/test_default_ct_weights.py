@@ -4,14 +4,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
 from agn_cli.ct.volume import Geometry
-from tests.conftest import REPO_ROOT, require
+from tests.conftest import REPO_ROOT, require, run_agn
 
 WEIGHTS = REPO_ROOT / "weights" / "ct-attention-unet3d-synth.safetensors"
 CARD = WEIGHTS.with_suffix(".json")
@@ -24,18 +23,6 @@ REAL_DICE_FLOORS = {"liver": 0.82, "spleen": 0.80, "kidney_right": 0.75, "kidney
 @pytest.fixture(autouse=True)
 def _only_project_weights(monkeypatch):
     monkeypatch.delenv("AGN_WEIGHTS", raising=False)  # the project's weights/ decides the default
-
-
-def run_cli(capsys, *args) -> tuple[int, str, str]:
-    from agn_cli.cli.app import main
-
-    code = 0
-    try:
-        main([str(a) for a in args])
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_card_fields_sha256_and_load():
@@ -68,7 +55,8 @@ def test_default_lookup_keeps_the_classifier():
     assert read_card(classifier.with_suffix(".json")).task == "classification"
 
 
-def test_segment_phantom_without_weights(tmp_path, capsys):
+@pytest.mark.slow
+def test_segment_phantom_without_weights(tmp_path):
     """No --weights: one-line notice, a mask on the input's exact grid with the card's ids, liver found."""
     from agn_cli.synth.ct_phantom import LABELS as PHANTOM, generate_ct_case
 
@@ -76,7 +64,7 @@ def test_segment_phantom_without_weights(tmp_path, capsys):
     scan = tmp_path / "phantom.nii.gz"
     sitk.WriteImage(image, str(scan))
     out = tmp_path / "mask.nii.gz"
-    code, _, stderr = run_cli(capsys, "segment", scan, "-o", out)
+    code, _, stderr = run_agn("segment", scan, "-o", out)
     assert code == 0, stderr
     notices = [line for line in stderr.splitlines() if "using default weights" in line]
     assert len(notices) == 1 and WEIGHTS.name in notices[0]
@@ -89,7 +77,8 @@ def test_segment_phantom_without_weights(tmp_path, capsys):
     assert 2 * (liver & ref).sum() / (liver.sum() + ref.sum()) > 0.7
 
 
-def test_sim_to_real_dice_floors(shared_dir, tmp_path, capsys):
+@pytest.mark.slow
+def test_sim_to_real_dice_floors(shared_dir, tmp_path):
     """Default model on the one real CT (TotalSegmentator silver labels): Dice per organ above the floors."""
     from agn_cli.metrics.segmentation import evaluate_files
 
@@ -97,7 +86,7 @@ def test_sim_to_real_dice_floors(shared_dir, tmp_path, capsys):
     scan = require(folder / "example_ct.nii.gz")
     reference = require(folder / "example_seg_fast_force_split.nii.gz")
     out = tmp_path / "mask.nii.gz"
-    code, _, stderr = run_cli(capsys, "segment", scan, "-o", out)
+    code, _, stderr = run_agn("segment", scan, "-o", out)
     assert code == 0, stderr
     names = {k: v for k, v in LABELS.items() if k}
     result = evaluate_files(out, reference, sorted(names), names)  # card ids are TotalSegmentator ids

@@ -42,6 +42,7 @@ def _number(value) -> float:
     return float(value)
 
 
+@pytest.mark.slow
 def test_quick_demo_writes_report_summary_and_figures(quick_demo):
     output, summary, _ = quick_demo
     for name in ("report.md", "report.html", "summary.json"):
@@ -116,6 +117,7 @@ def test_quick_demo_summary_fields_are_sane(quick_demo):
         assert math.isclose(r["speedup"], r["eager_ms"] / r["fast_ms"], rel_tol=0.02)
 
 
+@pytest.mark.slow
 def test_demo_progress_goes_to_stderr_and_results_table_to_stdout(quick_demo, tmp_path):
     output, summary, stderr = quick_demo
     assert "done" not in stderr  # --json: no progress lines
@@ -157,6 +159,7 @@ def test_demo_bad_device_or_threads_is_one_line(tmp_path):
     assert code == 2 and len(stderr.strip().splitlines()) == 1 and "--threads" in stderr
 
 
+@pytest.mark.slow
 def test_an_installed_default_ct_model_is_run_beside_the_demo_model(quick_demo, tmp_path, monkeypatch):
     import shutil
 

@@ -77,6 +77,7 @@ def test_fold_counts_every_conv_bn_pair():
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16", "bf16-weights"])
 @pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.slow
 def test_fast_path_matches_eager(name, dtype):
     """bf16: autocast (CPU default, CUDA 2D); bf16-weights: network and activations in bf16 (CUDA 3D default)."""
     model, x = trained_ish(name)

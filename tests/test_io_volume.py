@@ -212,3 +212,26 @@ def test_list_volume_inputs_expands_folders(tmp_path):
     _write_dicom_series(tmp_path / "dicom" / "p1", "1.2.826.0.1.3680043.8.498.30", 3, 2)
     cases = list_volume_inputs([tmp_path / "scans", tmp_path / "dicom", tmp_path / "x.nii.gz"])
     assert [volume_stem(c) for c in cases] == ["a", "b", "p1", "x"]
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".nrrd"])
+def test_a_short_write_is_caught_and_leaves_nothing(tmp_path, monkeypatch, suffix):
+    """SimpleITK's writers do not raise on a full disk; the written file is checked instead."""
+    import os
+
+    write = sitk.WriteImage
+
+    def short(image, name, *args, **kwargs):
+        write(image, name, *args, **kwargs)
+        os.truncate(name, os.path.getsize(name) * 2 // 3)
+
+    monkeypatch.setattr(sitk, "WriteImage", short)
+    with pytest.raises(AgnError, match="incomplete .*disk full"):
+        write_volume(synthetic(size=(40, 40, 20)), tmp_path / f"m{suffix}")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_hidden_temporary_files_are_not_cases(tmp_path):
+    write_volume(synthetic(), tmp_path / "a.nii.gz")
+    (tmp_path / ".a.nii.gz.k3j.tmp.nii.gz").write_bytes(b"left by a killed run")
+    assert [p.name for p in list_volume_inputs([tmp_path])] == ["a.nii.gz"]

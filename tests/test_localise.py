@@ -85,6 +85,7 @@ def test_localise_cli_with_box_csv(tmp_path: Path, capsys: pytest.CaptureFixture
     assert bad.returncode == 2 and "matched none" in bad.stderr
 
 
+@pytest.mark.slow
 def test_hc18_head_boxes_from_cam(shared_dir: Path, tmp_path: Path) -> None:
     """Mean IoU of the CAM box against the head mask's bounding box on the 80 HC18 images.
 

@@ -79,6 +79,7 @@ def test_train_seg_loss_falls_and_checkpoint_loads(msd, tmp_path):
         train_seg(_cfg(msd, run), progress=False)
 
 
+@pytest.mark.slow
 def test_overfit_one_case_reaches_dice_09(tmp_path):
     data = write_msd_dataset(tmp_path / "one", n_cases=1, seed=3)
     run = tmp_path / "run"
@@ -165,6 +166,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_gloo_ranks_match_one_process(msd, tmp_path):
     """Global batch 2: 2 ranks x 1 sample each == 1 process with 2 micro-batches of 1 (same BN statistics)."""
     single, multi = tmp_path / "single", tmp_path / "multi"

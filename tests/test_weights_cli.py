@@ -6,13 +6,13 @@ import json
 
 
 from agn_cli.runtime.checkpoint import load_checkpoint, read_card
-from tests.test_segment import run_cli
+from tests.conftest import run_agn
 
 
-def test_init_writes_a_loadable_checkpoint_with_a_valid_card(tmp_path, capsys):
+@pytest.mark.slow
+def test_init_writes_a_loadable_checkpoint_with_a_valid_card(tmp_path):
     path = tmp_path / "w.safetensors"
-    code, stdout, stderr = run_cli(
-        capsys, "weights", "init", "--model", "attention-unet3d", "--labels", "spleen,pancreas,kidney", "-o", path,
+    code, stdout, stderr = run_agn("weights", "init", "--model", "attention-unet3d", "--labels", "spleen,pancreas,kidney", "-o", path,
         "--base-filters", "4", "--spacing", "2.0", "--patch", "160x160x96", "--seed", "3", "--json",
     )
     assert code == 0, stderr
@@ -28,18 +28,18 @@ def test_init_writes_a_loadable_checkpoint_with_a_valid_card(tmp_path, capsys):
     assert loaded.architecture == "attention-unet3d" and model.num_classes == 4
 
     # same seed, same weights; refuses to overwrite without --overwrite
-    code, _, stderr = run_cli(capsys, "weights", "init", "--model", "attention-unet3d", "--labels", "a", "-o", path)
+    code, _, stderr = run_agn("weights", "init", "--model", "attention-unet3d", "--labels", "a", "-o", path)
     assert code == 2 and "--overwrite" in stderr
 
 
-def test_seed_makes_init_reproducible(tmp_path, capsys):
+@pytest.mark.slow
+def test_seed_makes_init_reproducible(tmp_path):
     import torch
     from safetensors.torch import load_file
 
     states = []
     for name, seed in (("a", "7"), ("b", "7"), ("c", "8")):
-        code, _, stderr = run_cli(
-            capsys, "weights", "init", "-m", "unet3d", "--labels", "liver", "-o", tmp_path / f"{name}.safetensors",
+        code, _, stderr = run_agn("weights", "init", "-m", "unet3d", "--labels", "liver", "-o", tmp_path / f"{name}.safetensors",
             "--base-filters", "2", "--seed", seed,
         )
         assert code == 0, stderr
@@ -49,39 +49,41 @@ def test_seed_makes_init_reproducible(tmp_path, capsys):
     assert not all(torch.equal(states[0][k], states[2][k]) for k in states[0])
 
 
-def test_verify_ok_and_mismatch(tmp_path, capsys):
+@pytest.mark.slow
+def test_verify_ok_and_mismatch(tmp_path):
     path = tmp_path / "w.safetensors"
-    assert run_cli(capsys, "weights", "init", "-m", "unet3d", "--labels", "liver", "-o", path, "--base-filters", "2")[0] == 0
-    code, stdout, stderr = run_cli(capsys, "weights", "verify", path)
+    assert run_agn("weights", "init", "-m", "unet3d", "--labels", "liver", "-o", path, "--base-filters", "2")[0] == 0
+    code, stdout, stderr = run_agn("weights", "verify", path)
     assert code == 0 and "ok" in stdout, stderr
-    code, stdout, _ = run_cli(capsys, "weights", "verify", tmp_path / "w.json", "--json")
+    code, stdout, _ = run_agn("weights", "verify", tmp_path / "w.json", "--json")
     assert code == 0 and json.loads(stdout)["ok"] is True
     with open(path, "ab") as fh:
         fh.write(b"\0")
-    code, stdout, stderr = run_cli(capsys, "weights", "verify", path)
+    code, stdout, stderr = run_agn("weights", "verify", path)
     assert code == 2
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and "does not match" in lines[0]
-    code, _, stderr = run_cli(capsys, "weights", "verify", tmp_path / "missing.safetensors")
+    code, _, stderr = run_agn("weights", "verify", tmp_path / "missing.safetensors")
     assert code == 2 and "not found" in stderr
 
 
-def test_list_reads_agn_weights_folders(tmp_path, capsys, monkeypatch):
+@pytest.mark.slow
+def test_list_reads_agn_weights_folders(tmp_path, monkeypatch):
     folder = tmp_path / "weights"
-    assert run_cli(capsys, "weights", "init", "-m", "unet3d", "--labels", "liver", "-o", folder / "ct.safetensors", "--base-filters", "2", "--default")[0] == 0
-    monkeypatch.setenv("AGN_WEIGHTS", str(folder))
-    code, stdout, stderr = run_cli(capsys, "weights", "list", "--json")
+    assert run_agn("weights", "init", "-m", "unet3d", "--labels", "liver", "-o", folder / "ct.safetensors", "--base-filters", "2", "--default")[0] == 0
+    monkeypatch.setenv("AGN_WEIGHTS", str(folder))  # for the subprocess and the in-process lookup below
+    code, stdout, stderr = run_agn("weights", "list", "--json")
     assert code == 0, stderr
     entries = {entry["weights"]: entry for entry in json.loads(stdout)}
     entry = entries[str(folder / "ct.safetensors")]
     assert entry["task"] == "segmentation" and entry["default"] is True
-    code, stdout, _ = run_cli(capsys, "weights", "list")
+    code, stdout, _ = run_agn("weights", "list")
     assert code == 0 and "unet3d" in stdout
     from agn_cli.runtime.checkpoint import find_default_weights
 
     assert find_default_weights("segmentation") == folder / "ct.safetensors"
 
 
-def test_unknown_model_is_one_line(tmp_path, capsys):
-    code, _, stderr = run_cli(capsys, "weights", "init", "-m", "nope", "--labels", "a", "-o", tmp_path / "w.safetensors")
+def test_unknown_model_is_one_line(tmp_path):
+    code, _, stderr = run_agn("weights", "init", "-m", "nope", "--labels", "a", "-o", tmp_path / "w.safetensors")
     assert code == 2 and "unknown model" in stderr and len(stderr.strip().splitlines()) == 1

@@ -215,8 +215,6 @@ def _setup_device(cfg: BenchConfig) -> torch.device:
     from agn_cli.runtime.device import configure_cpu_threads, resolve_device
 
     device = resolve_device(cfg.device)
-    if cfg.threads is not None and cfg.threads < 1:
-        raise AgnError("--threads must be at least 1")
     configure_cpu_threads(cfg.threads)
     return device
 
@@ -249,6 +247,11 @@ def run_benchmark(cfg: BenchConfig, progress: Callable[[str], None] | None = Non
         raise AgnError(f"{cfg.model} is a {entry.dims}D model: {exc}") from None
     device = _setup_device(cfg)
     from agn_cli.models import count_parameters
+    from agn_cli.runtime.device import check_input_fits
+
+    # before any tensor is allocated: too small for the network's poolings, or more memory than the device has
+    check_input_fits(model, (cfg.batch, int(getattr(model, "in_channels", 1)), *size), device, train=cfg.mode == "train",
+                     name=cfg.model)
 
     record: dict[str, Any] = {
         "benchmark": "agn bench",

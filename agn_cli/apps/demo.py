@@ -488,7 +488,7 @@ def run_demo(
     """Run every step, write the report, summary.json, figures, data and weights into `output`; return the summary."""
     from agn_cli import __version__
     from agn_cli.runtime.device import configure_cpu_threads, device_name, resolve_device
-    from agn_cli.runtime.atomic import write_text_atomic
+    from agn_cli.runtime.atomic import atomic_dir, write_text_atomic
 
     cfg = cfg or DemoConfig.default()
     output = Path(output).expanduser()
@@ -498,72 +498,65 @@ def run_demo(
 
     previous_threads = torch.get_num_threads()
     threads = configure_cpu_threads(cfg.threads)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    work = output.parent / f".{output.name}.tmp-{time.time_ns()}"
     steps = Steps(listener)
     try:
-        work.mkdir()
-        ct_data = steps.run("synth_ct", "synthetic CT phantoms", lambda: synth_ct(work, cfg))
-        seg_train = steps.run("train_seg", "train attention-unet3d", lambda: train_segmentation(work, cfg))
-        seg = steps.run("segment", "segment + evaluate held-out CT", lambda: segment_step(work, cfg, device))
-        us_data = steps.run("synth_us", "synthetic ultrasound frames", lambda: synth_us(work, cfg))
-        cls_train = steps.run("train_cls", f"train {cfg.cls_model}", lambda: train_classifier(work, cfg))
-        cls = steps.run("classify", "classify frames + boxes", lambda: classify_step(work, cfg, device))
-        bench = steps.run("bench", "benchmark eager vs fast", lambda: bench_step(cfg))
-        figures: dict[str, str] = {}
-        summary: dict[str, Any] = {}
+        # built in a hidden folder, moved into place when complete; an old demo folder is replaced only with --overwrite
+        with atomic_dir(output, may_replace=lambda folder: check_output(folder, overwrite)) as work:
+            ct_data = steps.run("synth_ct", "synthetic CT phantoms", lambda: synth_ct(work, cfg))
+            seg_train = steps.run("train_seg", "train attention-unet3d", lambda: train_segmentation(work, cfg))
+            seg = steps.run("segment", "segment + evaluate held-out CT", lambda: segment_step(work, cfg, device))
+            us_data = steps.run("synth_us", "synthetic ultrasound frames", lambda: synth_us(work, cfg))
+            cls_train = steps.run("train_cls", f"train {cfg.cls_model}", lambda: train_classifier(work, cfg))
+            cls = steps.run("classify", "classify frames + boxes", lambda: classify_step(work, cfg, device))
+            bench = steps.run("bench", "benchmark eager vs fast", lambda: bench_step(cfg))
+            figures: dict[str, str] = {}
+            summary: dict[str, Any] = {}
 
-        def report() -> dict[str, Any]:
-            figures.update(write_figures(work, seg, cls, bench, seg_train, cls_train))
-            return {"_note": f"{len(figures)} figures"}
+            def report() -> dict[str, Any]:
+                figures.update(write_figures(work, seg, cls, bench, seg_train, cls_train))
+                return {"_note": f"{len(figures)} figures"}
 
-        steps.run("report", "figures + report", report)
-        total = steps.elapsed
-        ct_summary = {
-            "data": ct_data,
-            "training": seg_train,
-            "demo_model": {k: v for k, v in seg["demo_model"].items() if not k.startswith("_")},
-            "default_model": None if seg["default_model"] is None
-            else {k: v for k, v in seg["default_model"].items() if not k.startswith("_")},
-            "default_model_note": seg["default_model_note"],
-        }
-        us_summary = {
-            "data": {"train_frames": cfg.us_train_frames, "test_frames": cfg.us_test_frames, "size": list(cfg.us_size),
-                     "train_per_class": us_data["train"], "test_per_class": us_data["test"]},
-            "training": cls_train,
-            **{k: v for k, v in cls.items() if not k.startswith("_")},
-        }
-        summary = {
-            "agn_version": __version__,
-            "seed": cfg.seed,
-            "quick": cfg.quick,
-            "output": str(output),
-            "report": str(output / "report.md"),
-            "report_html": str(output / "report.html"),
-            "total_seconds": total,
-            "budget_seconds": BUDGET_S if not cfg.quick else None,
-            "environment": {"device": str(device), "device_name": device_name(device), "threads": threads},
-            "steps": [{"key": s.key, "title": s.title, "seconds": s.seconds, "note": s.note} for s in steps.records],
-            "ct": ct_summary,
-            "ultrasound": us_summary,
-            "bench": bench,
-            "figures": dict(figures),
-            "config": asdict(cfg),
-        }
-        summary = jsonable(summary, digits=6)
-        blocks = build_report(summary, figures)
-        write_text_atomic(work / "report.md", render_markdown(blocks), overwrite=True)
-        write_text_atomic(work / "report.html", render_html(blocks, work, "agn demo report"), overwrite=True)
-        write_text_atomic(work / "summary.json", dumps(summary), overwrite=True)
-        _fix_paths(work, output)
-        if output.exists():
-            check_output(output, overwrite)  # still a demo folder (or empty) right before replacing it
-            shutil.rmtree(output)
-        work.rename(output)
+            steps.run("report", "figures + report", report)
+            total = steps.elapsed
+            ct_summary = {
+                "data": ct_data,
+                "training": seg_train,
+                "demo_model": {k: v for k, v in seg["demo_model"].items() if not k.startswith("_")},
+                "default_model": None if seg["default_model"] is None
+                else {k: v for k, v in seg["default_model"].items() if not k.startswith("_")},
+                "default_model_note": seg["default_model_note"],
+            }
+            us_summary = {
+                "data": {"train_frames": cfg.us_train_frames, "test_frames": cfg.us_test_frames, "size": list(cfg.us_size),
+                         "train_per_class": us_data["train"], "test_per_class": us_data["test"]},
+                "training": cls_train,
+                **{k: v for k, v in cls.items() if not k.startswith("_")},
+            }
+            summary = {
+                "agn_version": __version__,
+                "seed": cfg.seed,
+                "quick": cfg.quick,
+                "output": str(output),
+                "report": str(output / "report.md"),
+                "report_html": str(output / "report.html"),
+                "total_seconds": total,
+                "budget_seconds": BUDGET_S if not cfg.quick else None,
+                "environment": {"device": str(device), "device_name": device_name(device), "threads": threads},
+                "steps": [{"key": s.key, "title": s.title, "seconds": s.seconds, "note": s.note} for s in steps.records],
+                "ct": ct_summary,
+                "ultrasound": us_summary,
+                "bench": bench,
+                "figures": dict(figures),
+                "config": asdict(cfg),
+            }
+            summary = jsonable(summary, digits=6)
+            blocks = build_report(summary, figures)
+            write_text_atomic(work / "report.md", render_markdown(blocks), overwrite=True)
+            write_text_atomic(work / "report.html", render_html(blocks, work, "agn demo report"), overwrite=True)
+            write_text_atomic(work / "summary.json", dumps(summary), overwrite=True)
+            _fix_paths(work, output)
     finally:
         torch.set_num_threads(previous_threads)  # the demo may run inside a larger Python process (tests, notebooks)
-        if work.exists():
-            shutil.rmtree(work, ignore_errors=True)
     return summary
 
 

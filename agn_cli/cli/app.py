@@ -5,6 +5,7 @@ Each command lives in its own module under `agn_cli.cli`; this file only wires t
 
 from __future__ import annotations
 
+import errno
 import sys
 from typing import Optional
 
@@ -85,22 +86,31 @@ _EXIT = tuple({typer.Exit, getattr(_CLICK, "Exit", typer.Exit)})
 _ABORT = tuple({typer.Abort, getattr(_CLICK, "Abort", typer.Abort)})
 
 
+# a full disk, a read-only file system, a denied folder: the environment, not a bug; one line, exit 2
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
 def _debug_requested(argv: list[str]) -> bool:
     return _state["debug"] or "--debug" in argv
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    """Console-script entry point: run the app, map failures to exit codes without tracebacks."""
+    """Console-script entry point: run the app, map failures to exit codes without tracebacks.
+
+    Exit codes: 0 success; 1 a batch with failed cases (or an unexpected error, with its traceback); 2 bad input,
+    usage or environment (one line on stderr); 130 interrupted. Under `standalone_mode=False` click *returns* the
+    code of a `typer.Exit` instead of exiting, so it is passed on here explicitly.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        app(args=argv, prog_name="agn", standalone_mode=False)
+        code = app(args=argv, prog_name="agn", standalone_mode=False)
     except AgnError as exc:
         if _debug_requested(argv):
             raise
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         sys.exit(exc.exit_code)
     except _EXIT as exc:
-        sys.exit(exc.exit_code)
+        code = exc.exit_code
     except _CLICK.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
@@ -108,12 +118,17 @@ def main(argv: Optional[list[str]] = None) -> None:
         err.print("aborted")
         sys.exit(130)
     except KeyboardInterrupt:
-        err.print("interrupted")
-        sys.exit(130)
+        code = 130
     except MemoryError:
         if _debug_requested(argv):
             raise
         err.print("[red]error:[/red] out of memory; use a smaller --batch-size or patch, or free memory", highlight=False)
+        sys.exit(2)
+    except OSError as exc:
+        if _debug_requested(argv) or exc.errno not in _ENVIRONMENT_ERRNOS:
+            raise
+        where = f": {exc.filename}" if exc.filename else ""
+        err.print(f"[red]error:[/red] {exc.strerror or exc}{where}", highlight=False)
         sys.exit(2)
     except Exception as exc:  # torch.OutOfMemoryError and friends
         if type(exc).__name__ == "OutOfMemoryError" and not _debug_requested(argv):
@@ -124,3 +139,7 @@ def main(argv: Optional[list[str]] = None) -> None:
             )
             sys.exit(2)
         raise
+    if isinstance(code, int) and not isinstance(code, bool) and code != 0:
+        if code == 130:  # click turns Ctrl-C into Exit(130)
+            err.print("interrupted")
+        sys.exit(code)

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from agn_cli.cli.console import err, out, print_json
 from agn_cli.runtime.jsonio import dumps
+from agn_cli.cli.options import threads_option
 
 
 def _gib(n: int | None) -> str:
@@ -96,7 +97,7 @@ def command(
     compare: Optional[str] = typer.Option(None, "--compare", help="'eager': also time the plain fp32 eager path and print the speed-up."),
     fast: bool = typer.Option(True, "--fast/--no-fast", help="Fast inference path (folded BN, channels-last, bf16 where it pays) or plain fp32 eager."),
     compile: bool = typer.Option(False, "--compile", help="Also torch.compile the fast path (slow to start; falls back to eager on failure)."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (default: every core this process may use)."),
+    threads: Optional[int] = threads_option(),
     num_classes: Optional[int] = typer.Option(None, "--num-classes", help="Override the paper configuration's classes."),
     base_filters: Optional[int] = typer.Option(None, "--base-filters", help="Override the paper configuration's base filters."),
     scan_size: Optional[str] = typer.Option(None, "--scan-size", help="Whole-scan size: window default 256x256x160, e2e default 512x512x300."),
@@ -112,14 +113,14 @@ def command(
 
     from agn_cli.apps.bench import BenchConfig, run_benchmark
     from agn_cli.errors import AgnError
-    from agn_cli.runtime.atomic import check_writable, write_text_atomic
+    from agn_cli.runtime.atomic import check_outputs, write_text_atomic
 
     if compare is not None and compare.strip().lower() != "eager":
         raise AgnError(f"--compare takes 'eager', got '{compare}'")
     if compare is not None and not fast:
         raise AgnError("--compare eager compares the fast path with eager; drop --no-fast")
     if output is not None:
-        check_writable(output, overwrite)
+        check_outputs([output], overwrite, inputs=(input, weights))
     if model is None:
         model = "ag-sononet-8" if size is not None and size.lower().count("x") == 1 else "attention-unet3d"
     cfg = BenchConfig(

@@ -14,17 +14,20 @@ import typer
 
 from agn_cli.cli.console import out, print_json
 from agn_cli.cli.frames_view import classify_with_progress, frames_table, summary_table
+from agn_cli.cli.options import input_option, merge_inputs, threads_option
 from agn_cli.runtime.jsonio import dumps
 
 
 def command(
-    inputs: List[Path] = typer.Argument(..., help="Frames: images, DICOM, videos, or folders (searched recursively)."),
+    inputs: Optional[List[Path]] = typer.Argument(None, help="Frames: images, DICOM, videos, or folders (searched recursively).", show_default=False),
+    more_inputs: Optional[List[Path]] = input_option(),
     weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="Checkpoint (.safetensors + card); default: the shipped SonoNet-16."),
     boxes: bool = typer.Option(False, "--boxes", help="Also a box per frame from the network's attention."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write results to .json or .csv (and <stem>.coco.json with --boxes)."),
     overlays: Optional[Path] = typer.Option(None, "--overlays", help="Folder for PNGs: attention heat map and box on each frame."),
     top_k: int = typer.Option(3, "--top-k", min=1, help="How many ranked labels per frame."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    threads: Optional[int] = threads_option(),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Frames per forward pass."),
     crop: str = typer.Option("auto", "--crop", help="auto (model card's crop for screen captures), none, or Y0:Y1,X0:X1."),
     every: int = typer.Option(1, "--every", min=1, help="Use every N-th frame of videos and multi-frame DICOM."),
@@ -36,7 +39,7 @@ def command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
 ) -> None:
     """Classify fetal ultrasound frames into SonoNet's standard planes, optionally with boxes from attention."""
-    from agn_cli.runtime.atomic import check_writable, write_text_atomic
+    from agn_cli.runtime.atomic import write_text_atomic
     from agn_cli.runtime.device import configure_cpu_threads, resolve_device
     from agn_cli.us.classifier import Classifier
     from agn_cli.us.localisation import LocalisationParams
@@ -50,13 +53,14 @@ def command(
     )
     from agn_cli.us.preprocess import parse_crop
 
-    check_result_file(output, overwrite)
+    inputs = merge_inputs(inputs, more_inputs, "frames")
+    check_result_file(output, overwrite, inputs=(*inputs, weights))
     if output is not None and boxes:
-        check_writable(coco_path(output), overwrite)
+        check_result_file(coco_path(output), overwrite, inputs=(*inputs, weights), allowed=(".json",))
     check_overlay_folder(overlays, overwrite)
     params = LocalisationParams(blur_sigma=blur_sigma, threshold=threshold, select=select)  # type: ignore[arg-type]
     torch_device = resolve_device(device)
-    configure_cpu_threads()
+    configure_cpu_threads(threads)
     classifier = Classifier(
         weights, torch_device, fast=fast, crop=parse_crop(crop), top_k=top_k, boxes=boxes,
         keep_attention=overlays is not None, keep_images=overlays is not None, localisation=params,

@@ -12,6 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from agn_cli.cli.console import err, note, out, print_json, warn
+from agn_cli.cli.options import limit_threads, threads_option
 from agn_cli.errors import AgnError
 from agn_cli.runtime.parsing import parse_label_ids
 
@@ -59,15 +60,17 @@ def seg(
     as_json: bool = typer.Option(False, "--json", help="Print only JSON on stdout."),
     csv_path: Optional[Path] = typer.Option(None, "--csv", help="Also write per-case, per-class rows to this CSV."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --csv file."),
+    threads: Optional[int] = threads_option(),
 ) -> None:
     """Dice, precision, recall, volumes (mL), mean surface distance S2S and HD95 (mm) per class.
 
     Give two label map files (NIfTI, NRRD, MHA) or two folders. A prediction on another grid is resampled onto the
     reference (nearest neighbour) with a warning. Classes absent in both maps get '-' (NaN) and a note.
     """
-    from agn_cli.runtime.atomic import check_writable, write_text_atomic
+    from agn_cli.runtime.atomic import check_outputs, write_text_atomic
     from agn_cli.metrics import segmentation as S
 
+    limit_threads(threads)
     label_ids = parse_label_ids(labels) if labels is not None else None
     label_names = S.load_label_names(names) if names is not None else None
     for path in (pred, gt):
@@ -76,7 +79,7 @@ def seg(
     if pred.is_dir() != gt.is_dir():
         raise AgnError("give two label map files or two folders, not one of each")
     if csv_path is not None:
-        check_writable(csv_path, overwrite)  # fail before the work, not after
+        check_outputs([csv_path], overwrite, inputs=(pred, gt, names))  # fail before the work, not after
 
     if pred.is_dir():
         with _progress() as bar:

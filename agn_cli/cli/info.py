@@ -6,11 +6,12 @@ import typer
 from rich.table import Table
 
 from agn_cli.cli.console import out, print_json
-from agn_cli.apps.info import system_info
 
 
 def command(json_output: bool = typer.Option(False, "--json", help="Print JSON only.")) -> None:
     """Versions, devices, registered models with their paper-configuration parameter counts, installed weights."""
+    from agn_cli.apps.info import system_info  # imports torch: not at start-up of every agn command
+
     info = system_info()
     if json_output:
         print_json(info)

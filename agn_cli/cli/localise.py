@@ -14,10 +14,12 @@ import typer
 
 from agn_cli.cli.console import out, print_json, warn
 from agn_cli.cli.frames_view import classify_with_progress, frames_table, metrics_table, summary_table
+from agn_cli.cli.options import input_option, merge_inputs, threads_option
 
 
 def command(
-    inputs: List[Path] = typer.Argument(..., help="Frames: images, DICOM, videos, or folders (searched recursively)."),
+    inputs: Optional[List[Path]] = typer.Argument(None, help="Frames: images, DICOM, videos, or folders (searched recursively).", show_default=False),
+    more_inputs: Optional[List[Path]] = input_option(),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write boxes (and IoU with --gt) to .json or .csv."),
     overlays: Optional[Path] = typer.Option(None, "--overlays", help="Folder for PNGs: attention heat map and box on each frame."),
     gt: Optional[Path] = typer.Option(None, "--gt", help="Ground truth: CSV path,x0,y0,x1,y1[,frame,label] or a folder of masks."),
@@ -25,6 +27,7 @@ def command(
     target_class: Optional[str] = typer.Option(None, "--class", help="Localise this class's attention instead of the predicted one."),
     weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="Checkpoint (.safetensors + card); default: the shipped SonoNet-16."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    threads: Optional[int] = threads_option(),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Frames per forward pass."),
     crop: str = typer.Option("auto", "--crop", help="auto (model card's crop for screen captures), none, or Y0:Y1,X0:X1."),
     every: int = typer.Option(1, "--every", min=1, help="Use every N-th frame of videos and multi-frame DICOM."),
@@ -46,13 +49,14 @@ def command(
     from agn_cli.us.outputs import check_overlay_folder, check_result_file, overlay_writer, write_results
     from agn_cli.us.preprocess import parse_crop
 
-    check_result_file(output, overwrite)
+    inputs = merge_inputs(inputs, more_inputs, "frames")
+    check_result_file(output, overwrite, inputs=(*inputs, weights, gt))
     check_overlay_folder(overlays, overwrite)
     params = LocalisationParams(blur_sigma=blur_sigma, threshold=threshold, select=select, normalise=normalise,  # type: ignore[arg-type]
                                 min_area=min_area, step=step)
     truth = GroundTruth(gt, gt_label) if gt is not None else None
     torch_device = resolve_device(device)
-    configure_cpu_threads()
+    configure_cpu_threads(threads)
     classifier = Classifier(
         weights, torch_device, fast=fast, crop=parse_crop(crop), top_k=3, boxes=True,
         keep_attention=overlays is not None, keep_images=overlays is not None, localisation=params,
@@ -62,7 +66,7 @@ def command(
     frames = [r.to_dict() for r in results]
     payload: dict[str, Any] = {"frames": frames, "summary": summary.to_dict(), "parameters": vars(params).copy()}
     if truth is not None:
-        scoring = score_frames(frames, truth)
+        scoring = score_frames(frames, truth, [r.shape for r in results])
         if scoring.counts["unmatched"]:
             warn(f"{scoring.counts['unmatched']} frame(s) have no ground truth in {gt}; left out of the metrics")
         if scoring.counts["empty"]:

@@ -9,46 +9,22 @@ from typing import Any, List, Optional
 import typer
 
 from agn_cli.cli.console import err, note, out, print_json, warn
+from agn_cli.cli.options import input_option, merge_inputs, threads_option
 from agn_cli.errors import AgnError
 
 
-def _is_batch(inputs: list[Path]) -> bool:
-    from agn_cli.ct.volume import dicom_series, is_volume_file
-
-    if len(inputs) > 1:
-        return True
-    single = inputs[0]
-    if not single.is_dir() or dicom_series(single):
-        return False
-    # a folder of scans or of DICOM series folders; an empty folder is one (bad) input
-    return any(p.is_file() and is_volume_file(p) for p in single.iterdir()) or any(
-        p.is_dir() and dicom_series(p) for p in single.iterdir()
-    )
-
-
-def _case_outputs(source: Path, output: Path, batch: bool, probabilities, attention, preview):
-    from agn_cli.ct.volume import volume_stem
-    from agn_cli.ct.segmenter import CaseOutputs
-
-    if not batch:
-        mask = output / f"{volume_stem(source)}.nii.gz" if output.is_dir() else output
-        return CaseOutputs(mask, probabilities, attention, preview)
-    stem = volume_stem(source)
-    return CaseOutputs(
-        output / f"{stem}.nii.gz",
-        probabilities / f"{stem}_probabilities.nii.gz" if probabilities else None,
-        attention / f"{stem}_attention.nii.gz" if attention else None,
-        preview / f"{stem}_preview.png" if preview else None,
-    )
-
-
 def command(
-    inputs: List[Path] = typer.Argument(
-        ..., help="CT scans: NIfTI/NRRD/MHA/MHD files, DICOM series folders, or a folder of scans (batch).", show_default=False
+    inputs: Optional[List[Path]] = typer.Argument(
+        None, help="CT scans: NIfTI/NRRD/MHA/MHD files, DICOM series folders, or a folder of scans (batch).", show_default=False
     ),
-    output: Path = typer.Option(..., "-o", "--output", help="Label map file (.nii.gz, .nrrd, .mha); a folder for batches."),
+    more_inputs: Optional[List[Path]] = input_option(),
+    output: str = typer.Option(
+        ..., "-o", "--output",
+        help="Label map file (.nii.gz, .nii, .nrrd, .mha, .mhd), or a folder (ends in '/', or several scans).",
+    ),
     weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="Checkpoint file or run folder (default: installed default CT model)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    threads: Optional[int] = threads_option(),
     overlap: float = typer.Option(0.5, "--overlap", min=0.0, max=0.95, help="Sliding-window overlap (fraction of the patch)."),
     tta: bool = typer.Option(False, "--tta", help="Mirroring test-time augmentation over the axes the model was trained with flips on (2 to 8 passes per window)."),
     batch_size: int = typer.Option(1, "--batch-size", min=1, help="Windows per forward pass."),
@@ -62,35 +38,36 @@ def command(
         help="Keep only the largest connected component per label, or every component (default: the model card's choice).",
     ),
     series: Optional[str] = typer.Option(None, "--series", help="DICOM SeriesInstanceUID to read (default: the series with most slices)."),
+    allow_nonuniform: bool = typer.Option(
+        False, "--allow-nonuniform",
+        help="Accept a DICOM series with a missing slice or uneven slice spacing (read on a uniform grid; warned and recorded).",
+    ),
     fast: bool = typer.Option(True, "--fast/--no-fast", help="Fast inference path (BN folding, channels-last, bf16 where it pays)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs (batches: re-run cases already done)."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace existing outputs (batches: re-run cases already done or left incomplete)."
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print the result record(s) as JSON on stdout."),
 ) -> None:
-    """Segment abdominal organs in CT volumes; the mask lies exactly on the input grid."""
+    """Segment abdominal organs in CT volumes; the mask lies exactly on the input grid.
+
+    Exit codes: 0 all cases segmented or already done; 1 a batch with failed cases; 2 bad input or usage."""
+    from agn_cli.ct.outputs import case_state, plan_segmentation
+
+    # every output is named and checked before the scan is read, the model loaded or torch imported
+    plan = plan_segmentation(merge_inputs(inputs, more_inputs, "CT scans"), output, probabilities, attention, preview, overwrite, weights)
+    if not plan.batch:
+        from agn_cli.ct.volume import read_volume
+
+        source, single_outputs = plan.cases[0]
+        started = time.perf_counter()
+        # input errors before the model loads (and torch is imported); the list hands the scan over so it is freed
+        # before inference
+        scan = [read_volume(source, series_uid=series, notify=note, allow_nonuniform=allow_nonuniform)]
+        read_s = time.perf_counter() - started
+
     from agn_cli.runtime.checkpoint import find_default_weights, resolve_checkpoint
     from agn_cli.runtime.device import configure_cpu_threads, resolve_device
-    from agn_cli.ct.volume import list_volume_inputs
     from agn_cli.ct.segmenter import SegmentOptions, Segmenter
-
-    batch = _is_batch(inputs)
-    if batch:
-        cases = list_volume_inputs(inputs)
-        if not cases:
-            raise AgnError(f"no scans found in {', '.join(map(str, inputs))}")
-        if output.exists() and not output.is_dir():
-            raise AgnError(f"{output} is a file; with several scans -o must be a folder")
-        for extra, flag in ((probabilities, "--probabilities"), (attention, "--attention"), (preview, "--preview")):
-            if extra is not None and extra.exists() and not extra.is_dir():
-                raise AgnError(f"{flag} must be a folder when segmenting several scans: {extra}")
-    else:
-        from agn_cli.ct.segmenter import read_case
-
-        cases = inputs
-        single_outputs = _case_outputs(cases[0], output, False, probabilities, attention, preview)
-        started = time.perf_counter()
-        # input errors before the model loads; the list hands the scan over so it is freed before inference
-        scan = [read_case(cases[0], single_outputs, series, overwrite, notify=note)]
-        read_s = time.perf_counter() - started
 
     if weights is None:
         default = find_default_weights("segmentation")
@@ -103,7 +80,7 @@ def command(
         weights = default
     weights_path = resolve_checkpoint(weights)
     torch_device = resolve_device(device)
-    threads = configure_cpu_threads() if torch_device.type == "cpu" else None
+    used_threads = configure_cpu_threads(threads) if torch_device.type == "cpu" else None
     segmenter = Segmenter.from_checkpoint(weights_path, torch_device, fast=fast)
     options = SegmentOptions(overlap=overlap, tta=tta, batch_size=batch_size, largest_component=largest_component)
     if tta:
@@ -111,10 +88,10 @@ def command(
         passes = 2 ** len(axes)
         note(f"--tta: mirroring over {','.join('xyz'[a] for a in axes)} runs {passes} passes per window ({passes - 1} extra)")
     if not json_out:
-        note(f"device {torch_device}" + (f" ({threads} threads)" if threads else "") + f", model {segmenter.card.architecture}")
+        note(f"device {torch_device}" + (f" ({used_threads} threads)" if used_threads else "") + f", model {segmenter.card.architecture}")
 
-    if not batch:
-        record = _run_case(segmenter, cases[0], single_outputs, options, series, overwrite, image=(scan, read_s))
+    if not plan.batch:
+        record = _run_case(segmenter, source, single_outputs, options, series, overwrite, allow_nonuniform, image=(scan, read_s))
         if json_out:
             print_json(record)
         else:
@@ -122,16 +99,21 @@ def command(
         return
 
     records: list[dict[str, Any]] = []
-    for index, source in enumerate(cases, 1):
-        outputs = _case_outputs(source, output, True, probabilities, attention, preview)
-        if outputs.mask.exists() and not overwrite:
-            records.append({"input": str(source), "output": str(outputs.mask), "status": "skipped", "detail": "output exists"})
+    for index, (source, outputs) in enumerate(plan.cases, 1):
+        state = case_state(outputs)
+        if state == "done" and not overwrite:
+            records.append({"input": str(source), "output": str(outputs.mask), "status": "skipped", "detail": "done (sidecar matches)"})
             continue
         started = time.perf_counter()
+        if state == "incomplete" and not overwrite:
+            detail = "outputs of an interrupted or other run without a matching sidecar; pass --overwrite to redo the case"
+            err.print(f"[red]error:[/red] {source}: {outputs.mask}: {detail}", highlight=False)
+            records.append({"input": str(source), "output": str(outputs.mask), "status": "failed", "detail": detail})
+            continue
         if not json_out:
-            note(f"[{index}/{len(cases)}] {source}")
+            note(f"[{index}/{len(plan.cases)}] {source}")
         try:
-            record = _run_case(segmenter, source, outputs, options, series, overwrite)
+            record = _run_case(segmenter, source, outputs, options, series, overwrite, allow_nonuniform)
             record["status"] = "ok"
         except AgnError as exc:
             record = {"input": str(source), "output": str(outputs.mask), "status": "failed", "detail": str(exc)}
@@ -147,16 +129,19 @@ def command(
     else:
         _print_summary(records)
     if failed:
-        raise SystemExit(1)  # typer.Exit is swallowed by the non-standalone entry point
+        raise typer.Exit(1)
 
 
-def _run_case(segmenter, source: Path, outputs, options, series, overwrite, image=(None, None)) -> dict[str, Any]:
+def _run_case(segmenter, source: Path, outputs, options, series, overwrite, allow_nonuniform, image=(None, None)) -> dict[str, Any]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from agn_cli.ct.segmenter import segment_case
 
     if not err.is_terminal:  # no live bar (and no stray blank lines) in logs and pipes
-        return segment_case(segmenter, source, outputs, options, series, overwrite, notify=note, warn=warn, image=image[0], read_seconds=image[1])
+        return segment_case(
+            segmenter, source, outputs, options, series, overwrite, notify=note, warn=warn, image=image[0], read_seconds=image[1],
+            allow_nonuniform=allow_nonuniform,
+        )
     with Progress(
         TextColumn("windows"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err, transient=True
     ) as bar:
@@ -167,7 +152,7 @@ def _run_case(segmenter, source: Path, outputs, options, series, overwrite, imag
 
         return segment_case(
             segmenter, source, outputs, options, series, overwrite, notify=note, warn=warn, progress=progress, image=image[0],
-            read_seconds=image[1],
+            read_seconds=image[1], allow_nonuniform=allow_nonuniform,
         )
 
 
@@ -202,4 +187,4 @@ def _print_summary(records: list[dict[str, Any]]) -> None:
         table.add_row(Path(record["input"]).name, f"[{style}]{status}[/{style}]", record["output"], str(record.get("seconds", "")), detail)
     out.print(table)
     counts = {s: sum(r["status"] == s for r in records) for s in ("ok", "skipped", "failed")}
-    note(f"{counts['ok']} segmented, {counts['skipped']} skipped (exist; --overwrite re-runs), {counts['failed']} failed")
+    note(f"{counts['ok']} segmented, {counts['skipped']} skipped (done; --overwrite re-runs), {counts['failed']} failed")

@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from agn_cli.cli.options import limit_threads, threads_option
 from agn_cli.cli.console import err, out, print_json
 from agn_cli.runtime.parsing import parse_size
 
@@ -44,11 +45,13 @@ def ct(
     ),
     whole: bool = typer.Option(False, "--whole", help="Field of view covers every labelled organ whole (no random crop)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing phantom folder."),
+    threads: Optional[int] = threads_option(),
     json_output: bool = typer.Option(False, "--json", help="Print JSON only."),
 ) -> None:
     """Synthetic abdominal CT phantoms with spleen, kidney, liver and pancreas labels (nnU-Net v2 layout)."""
     from agn_cli.synth.ct_phantom import write_ct_dataset
 
+    limit_threads(threads)
     fov = parse_size(size_mm, 3, what="--size-mm", cast=float, example="400x400x250") if size_mm is not None else None
     t0 = time.perf_counter()
     with _progress(json_output) as bar:
@@ -85,11 +88,13 @@ def us(
     seed: int = typer.Option(0, "--seed", help="Random seed; frame i uses (seed, i)."),
     size: str = typer.Option("224x288", "--size", help="Frame size HEIGHTxWIDTH (SonoNet input is 224x288)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing frames folder."),
+    threads: Optional[int] = threads_option(),
     json_output: bool = typer.Option(False, "--json", help="Print JSON only."),
 ) -> None:
     """Ultrasound-like plane frames (PNG) with labels.csv, boxes.csv and head masks."""
     from agn_cli.synth.us_frames import FRAME_SIDE_RANGE, write_us_dataset
 
+    limit_threads(threads)
     hw = parse_size(size, 2, low=FRAME_SIDE_RANGE[0], high=FRAME_SIDE_RANGE[1])
     t0 = time.perf_counter()
     with _progress(json_output) as bar:

@@ -11,6 +11,7 @@ from typing import Any, Optional
 import typer
 
 from agn_cli.cli.console import note, print_json
+from agn_cli.cli.options import limit_threads, threads_option
 from agn_cli.errors import AgnError
 from agn_cli.runtime.parsing import parse_axes, parse_size
 
@@ -30,6 +31,7 @@ SESSION_OPTIONS = (  # (name, type, option): appended to every train command by 
     ("seed", int, typer.Option(0, "--seed")),
     ("workers", int, typer.Option(0, "--workers", help="Data-loader worker processes per rank.")),
     ("device", str, typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N.")),
+    ("threads", Optional[int], threads_option()),
     ("gpus", int, typer.Option(1, "--gpus", help="Start N processes on this node with torchrun (one per GPU).")),
     ("cache", Optional[Path], typer.Option(None, "--cache", help="Preprocessed-array cache folder (default RUN/cache).")),
     ("resume", bool, typer.Option(False, "--resume", help="Continue the run in -o from latest_state.pt.")),
@@ -118,6 +120,7 @@ def seg(
     """Train Attention U-Net / U-Net 3D on CT; `agn segment --weights RUN` then uses the best checkpoint."""
     if _relaunch(run["gpus"]):
         return
+    limit_threads(run["threads"])
     from agn_cli.train.augment import AugmentConfig
     from agn_cli.train.seg_trainer import SegTrainConfig, train_seg
 
@@ -205,6 +208,7 @@ def cls(
     """Train a SonoNet / AG-Sononet plane classifier; `agn classify --weights RUN` then uses the best checkpoint."""
     if _relaunch(run["gpus"]):
         return
+    limit_threads(run["threads"])
     from agn_cli.models.sononet import AGGREGATIONS
     from agn_cli.train.augment import AugmentConfig
     from agn_cli.train.cls_trainer import ClsTrainConfig, train_cls

@@ -21,9 +21,10 @@ from torch import nn
 from agn_cli.runtime.checkpoint import ModelCard, load_checkpoint, resolve_checkpoint
 from agn_cli.errors import AgnError
 from agn_cli.ct.sliding_window import predict_volume
-from agn_cli.runtime.atomic import check_writable, full_suffix, write_text_atomic
+from agn_cli.runtime.atomic import Transaction, check_writable, sha256_file
 from agn_cli.runtime.jsonio import dumps
-from agn_cli.ct.volume import Geometry, read_volume, volume_stem, write_volume
+from agn_cli.ct.outputs import GATE_NAMES, CaseOutputs, sidecar_path  # noqa: F401  (re-exported: the segmentation API)
+from agn_cli.ct.volume import GEOMETRY_WARNING_KEY, Geometry, read_volume, volume_stem, write_volume
 from agn_cli.ct.preprocess import PreparedVolume, prepare_ct
 
 HU_MIN_WARN = -500.0  # CT air is about -1000 HU; a scan whose minimum is above this is probably not in HU
@@ -48,6 +49,8 @@ def check_card(card: ModelCard) -> list[int]:
 def input_warnings(image: sitk.Image) -> list[str]:
     """Plausibility warnings (not errors): intensities that do not look like HU, strongly anisotropic voxels."""
     found = []
+    if image.HasMetaDataKey(GEOMETRY_WARNING_KEY):  # a DICOM series accepted with --allow-nonuniform
+        found.append(image.GetMetaData(GEOMETRY_WARNING_KEY))
     stats = sitk.MinimumMaximumImageFilter()
     stats.Execute(image)
     lo, hi = stats.GetMinimum(), stats.GetMaximum()
@@ -219,46 +222,6 @@ class Segmenter:
         return SegmentationResult(labels, model_labels, prepared, kept_probs, gates, windows, passes, timings)
 
 
-@dataclass
-class CaseOutputs:
-    """Where one case's files go; `attention` is a base name expanded per gate (`<stem>_<gate><suffix>`)."""
-
-    mask: Path
-    probabilities: Path | None = None
-    attention: Path | None = None
-    preview: Path | None = None
-
-    @property
-    def sidecar(self) -> Path:
-        return sidecar_path(self.mask)
-
-    def attention_path(self, gate: str) -> Path:
-        assert self.attention is not None
-        suffix = full_suffix(self.attention) or ".nii.gz"
-        stem = self.attention.name[: -len(full_suffix(self.attention))] if full_suffix(self.attention) else self.attention.name
-        return self.attention.with_name(f"{stem}_{gate}{suffix}")
-
-    def planned(self, gates: list[str]) -> list[Path]:
-        paths = [self.mask, self.sidecar]
-        if self.probabilities:
-            paths.append(self.probabilities)
-        if self.attention:
-            paths += [self.attention_path(g) for g in gates]
-        if self.preview:
-            paths.append(self.preview)
-        return paths
-
-
-def sidecar_path(mask: Path) -> Path:
-    """mask.nii.gz -> mask.json (the sidecar beside the label map)."""
-    suffix = full_suffix(mask)
-    stem = mask.name[: -len(suffix)] if suffix else mask.name
-    return mask.with_name(stem + ".json")
-
-
-GATE_NAMES = ("level2", "level3", "level4")
-
-
 def segment_case(
     segmenter: Segmenter,
     source: Path,
@@ -271,6 +234,7 @@ def segment_case(
     progress: Callable[[int, int], None] | None = None,
     image: sitk.Image | list[sitk.Image] | None = None,
     read_seconds: float | None = None,
+    allow_nonuniform: bool = False,
 ) -> dict[str, Any]:
     """Segment one scan and write every requested output atomically; nothing is left behind on failure.
 
@@ -281,7 +245,7 @@ def segment_case(
         image = image.pop()
     if image is None:
         t0 = time.perf_counter()
-        image = read_case(source, outputs, series_uid, overwrite, notify)
+        image = read_case(source, outputs, series_uid, overwrite, notify, allow_nonuniform)
         timings["read_s"] = time.perf_counter() - t0
     warnings = input_warnings(image)
     for message in warnings:
@@ -315,55 +279,53 @@ def segment_case(
         "passes": result.passes,
         "warnings": warnings,
     }
-    written: list[Path] = []
     t0 = time.perf_counter()
-    try:
-        written.append(write_volume(result.labels, outputs.mask, overwrite=overwrite))
+    # every file is staged under a temporary name and put in place at the end, the sidecar last: it marks the case
+    # complete (batch re-runs trust it), and a failure leaves nothing behind but never removes another run's files
+    with Transaction(overwrite) as transaction:
+        write_volume(result.labels, outputs.mask, transaction=transaction)
         if outputs.attention:
             record["attention"] = {}
             for gate in sorted(result.attention):
                 path = outputs.attention_path(gate)
-                written.append(write_volume(result.prepared.float_to_input(result.attention[gate]), path, overwrite=overwrite))
+                write_volume(result.prepared.float_to_input(result.attention[gate]), path, transaction=transaction)
                 record["attention"][gate] = str(path)
         if outputs.probabilities is not None and result.probabilities is not None:
-            written.append(write_volume(probability_image(result), outputs.probabilities, overwrite=overwrite))
+            write_volume(probability_image(result), outputs.probabilities, transaction=transaction)
             record["probabilities"] = str(outputs.probabilities)
         if outputs.preview:
             from agn_cli.viz.slices import render_preview
 
             attention_map = np.mean(list(result.attention.values()), axis=0) if result.attention else None
-            written.append(
-                render_preview(
-                    result.prepared.crop(result.prepared.array),
-                    result.model_labels,
-                    attention_map,
-                    result.prepared.model_geometry.spacing,
-                    outputs.preview,
-                    overwrite=overwrite,
-                    title=volume_stem(source),
-                )
+            render_preview(
+                result.prepared.crop(result.prepared.array),
+                result.model_labels,
+                attention_map,
+                result.prepared.model_geometry.spacing,
+                transaction.stage(outputs.preview),
+                overwrite=True,  # onto the temporary file just staged for it
+                title=volume_stem(source),
             )
             record["preview"] = str(outputs.preview)
+        staged_mask = transaction.temporary(outputs.mask)
+        record["output_bytes"] = staged_mask.stat().st_size
+        record["output_sha256"] = sha256_file(staged_mask)
         timings["write_s"] = time.perf_counter() - t0
         record["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
         record["sidecar"] = str(outputs.sidecar)
-        written.append(write_text_atomic(outputs.sidecar, dumps(record), overwrite=overwrite))
-    except BaseException:
-        for path in written:
-            path.unlink(missing_ok=True)
-        raise
+        transaction.stage(outputs.sidecar).write_text(dumps(record), encoding="utf-8")
     return record
 
 
 def read_case(
     source: Path, outputs: CaseOutputs, series_uid: str | None = None, overwrite: bool = False,
-    notify: Callable[[str], None] | None = None,
+    notify: Callable[[str], None] | None = None, allow_nonuniform: bool = False,
 ) -> sitk.Image:
     """Refuse existing outputs, then read and check the scan: every input error before any inference."""
     gates = list(GATE_NAMES) if outputs.attention else []
     for path in outputs.planned(gates):
         check_writable(path, overwrite)
-    return read_volume(source, series_uid=series_uid, notify=notify)
+    return read_volume(source, series_uid=series_uid, notify=notify, allow_nonuniform=allow_nonuniform)
 
 
 def probability_image(result: SegmentationResult) -> sitk.Image:

@@ -8,8 +8,10 @@ handed to networks are in (x, y, z) order (`array_xyz`), the transpose of Simple
 from __future__ import annotations
 
 import contextlib
+import functools
 import gzip
 import os
+import shutil
 import sys
 import tempfile
 import zlib
@@ -21,7 +23,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from agn_cli.errors import AgnError
-from agn_cli.runtime.atomic import atomic_path, full_suffix
+from agn_cli.runtime.atomic import Transaction, atomic_path, full_suffix
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 LABEL_SUFFIXES = (".seg.nrrd",) + VOLUME_SUFFIXES  # label maps may also be Slicer segmentations
@@ -103,16 +105,28 @@ def _check_image(image: sitk.Image, source: str) -> sitk.Image:
 
 def dicom_series(folder: Path) -> list[tuple[str, list[str]]]:
     """(series UID, file names) for every DICOM series directly in `folder`, most slices first."""
+    folder = Path(folder)
+    try:
+        stamp = folder.stat().st_mtime_ns
+    except OSError:
+        return []
+    return list(_dicom_series(str(folder), stamp))
+
+
+@functools.lru_cache(maxsize=64)
+def _dicom_series(folder: str, stamp: int) -> tuple[tuple[str, list[str]], ...]:
+    """GDCM's folder scan, once per folder state: it can take seconds per damaged file, and a run asks several times
+    (batch detection, reading, the gap check). `stamp` (the folder's mtime) changes when files come or go."""
     with _native_stderr_silenced():  # GDCM warns "No Series were found" on stderr
         try:
-            ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+            ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder)
         except RuntimeError:
             ids = ()
-        series = [(uid, list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid))) for uid in ids]
-    return sorted(series, key=lambda item: -len(item[1]))
+        series = [(uid, list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, uid))) for uid in ids]
+    return tuple(sorted(series, key=lambda item: -len(item[1])))
 
 
-def _read_dicom(folder: Path, series_uid: str | None, notify: Callable[[str], None]) -> sitk.Image:
+def _read_dicom(folder: Path, series_uid: str | None, notify: Callable[[str], None], allow_nonuniform: bool = False) -> sitk.Image:
     series = dicom_series(folder)
     if not series:
         raise AgnError(f"{folder} holds no DICOM series (empty folder or no readable DICOM files)")
@@ -131,11 +145,67 @@ def _read_dicom(folder: Path, series_uid: str | None, notify: Callable[[str], No
             )
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
+    reader.MetaDataDictionaryArrayUpdateOn()  # per-slice tags, to check the slice positions ourselves
     try:
         with _native_stderr_silenced():
-            return reader.Execute()
+            image = reader.Execute()
     except RuntimeError as exc:
         raise AgnError(f"cannot read DICOM series in {folder}: {_first_line(exc)}") from exc
+    problem = _slice_spacing_problem(reader, image)
+    if problem:
+        strays = _files_outside_series(folder, series)
+        if strays:
+            problem += f"; {len(strays)} file(s) in the folder are not readable DICOM slices (e.g. {strays[0]}: truncated?)"
+        if not allow_nonuniform:
+            raise AgnError(
+                f"{folder}: {problem}; refusing to place the slices on a uniform grid (pass --allow-nonuniform to accept)"
+            )
+        image.SetMetaData(GEOMETRY_WARNING_KEY, f"{problem}; read on a uniform grid anyway (--allow-nonuniform)")
+    return image
+
+
+# Where a geometry warning accepted with --allow-nonuniform travels with the image (to stderr and the sidecar).
+GEOMETRY_WARNING_KEY = "agn_geometry_warning"
+SLICE_SPACING_TOLERANCE_MM = 0.01
+SLICE_SPACING_TOLERANCE_FRACTION = 0.01
+
+
+def _slice_spacing_problem(reader: sitk.ImageSeriesReader, image: sitk.Image) -> str | None:
+    """What is wrong with the slice positions (ImagePositionPatient along the slice normal), or None when they are
+    evenly spaced within 1 % (or 0.01 mm). SimpleITK only warns on stderr and puts such slices on a uniform grid."""
+    count = image.GetSize()[2]
+    if count < 3:
+        return None
+    normal = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)[:, 2]
+    positions = []
+    for index in range(count):
+        try:
+            text = reader.GetMetaData(index, "0020|0032")
+            positions.append(float(np.dot([float(v) for v in text.strip().split("\\")[:3]], normal)))
+        except (RuntimeError, ValueError, IndexError):
+            return None  # no positions recorded (e.g. secondary capture): nothing to compare
+    positions = np.sort(np.asarray(positions))
+    steps = np.diff(positions)
+    if np.any(steps < SLICE_SPACING_TOLERANCE_MM):
+        return f"{int(np.sum(steps < SLICE_SPACING_TOLERANCE_MM))} pair(s) of slices share a position (duplicate slices or mixed series)"
+    spacing = float(np.median(steps))
+    tolerance = max(SLICE_SPACING_TOLERANCE_MM, SLICE_SPACING_TOLERANCE_FRACTION * spacing)
+    worst = int(np.argmax(np.abs(steps - spacing)))
+    if abs(steps[worst] - spacing) <= tolerance:
+        return None
+    uniform = positions[0] + np.arange(count) * (positions[-1] - positions[0]) / (count - 1)
+    offset = float(np.max(np.abs(positions - uniform)))
+    return (
+        f"slice positions are not evenly spaced ({steps[worst]:.2f} mm between slices {worst + 1} and {worst + 2}, "
+        f"{spacing:.2f} mm elsewhere: a slice is missing or the spacing varies; a uniform grid would put slices up to "
+        f"{offset:.2f} mm off)"
+    )
+
+
+def _files_outside_series(folder: Path, series: list[tuple[str, list[str]]]) -> list[str]:
+    """Names of visible files in `folder` that belong to no readable series (truncated or foreign files)."""
+    members = {Path(name).name for _, files in series for name in files}
+    return sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.name not in members)
 
 
 def _first_line(exc: Exception) -> str:
@@ -196,7 +266,7 @@ def _gzip_stream_size(path: Path) -> int:
     return actual
 
 
-def _check_nifti_payload(path: Path) -> None:
+def _check_nifti_payload(path: Path, check_values: bool = True) -> None:
     """ITK reads a truncated NIfTI silently (missing voxels become 0); compare the data size with the header."""
     import nibabel as nib
 
@@ -215,7 +285,7 @@ def _check_nifti_payload(path: Path) -> None:
         actual = path.stat().st_size
     if actual < expected:
         raise AgnError(f"cannot read {path} (unreadable or truncated): {actual} of {expected} bytes present")
-    if header.get_data_dtype().kind in "fc":
+    if check_values and header.get_data_dtype().kind in "fc":
         # ITK's NIfTI reader turns NaN into 0 without a word; look at the stored floats ourselves
         data = np.asanyarray(nifti.dataobj)
         if not np.isfinite(data).all():
@@ -224,18 +294,21 @@ def _check_nifti_payload(path: Path) -> None:
 
 
 def read_volume(
-    path: str | Path, series_uid: str | None = None, notify: Callable[[str], None] | None = None
+    path: str | Path, series_uid: str | None = None, notify: Callable[[str], None] | None = None,
+    allow_nonuniform: bool = False,
 ) -> sitk.Image:
     """Read a 3D scalar volume from a file or a DICOM series folder, or raise a one-line AgnError.
 
     Several series in one folder: the one with the most slices is read and `notify` (stderr by default) says so.
+    A DICOM series with a missing slice or uneven spacing is refused unless `allow_nonuniform`; then the image
+    carries the warning under GEOMETRY_WARNING_KEY.
     """
     notify = notify or _stderr_note
     path = Path(path).expanduser()
     if not path.exists():
         raise AgnError(f"input not found: {path}")
     if path.is_dir():
-        image = _read_dicom(path, series_uid, notify)
+        image = _read_dicom(path, series_uid, notify, allow_nonuniform)
     else:
         if path.stat().st_size == 0:
             raise AgnError(f"{path} is empty (0 bytes)")
@@ -249,15 +322,41 @@ def read_volume(
     return _check_image(image, str(path))
 
 
-def write_volume(image: sitk.Image, path: str | Path, overwrite: bool = False) -> Path:
-    """Write atomically (temp file + rename), compressed where the format allows."""
+def write_volume(image: sitk.Image, path: str | Path, overwrite: bool = False, transaction: Transaction | None = None) -> Path:
+    """Write atomically (temp file put in place when complete), compressed where the format allows, and check the
+    written file: SimpleITK's writers do not raise on a full disk, they leave a short file.
+
+    With a `transaction` the file is only staged; it appears under `path` when the transaction commits."""
     path = Path(path)
+    if transaction is not None:
+        _write_checked(image, transaction.stage(path), path)
+        return path
     with atomic_path(path, overwrite) as tmp:
-        try:
-            sitk.WriteImage(image, str(tmp), useCompression=True)
-        except RuntimeError as exc:
-            raise AgnError(f"cannot write {path}: {_first_line(exc)}") from exc
+        _write_checked(image, tmp, path)
     return path
+
+
+def _write_checked(image: sitk.Image, tmp: Path, target: Path) -> None:
+    try:
+        with _native_stderr_silenced():
+            sitk.WriteImage(image, str(tmp), useCompression=True)
+    except RuntimeError as exc:
+        raise AgnError(f"cannot write {target}: {_first_line(exc)}") from exc
+    try:
+        if tmp.stat().st_size == 0:
+            raise AgnError("empty file")
+        if tmp.name.lower().endswith((".nii", ".nii.gz")):
+            _check_nifti_payload(tmp, check_values=False)
+        else:
+            with _native_stderr_silenced():
+                written = sitk.ReadImage(str(tmp))
+            if written.GetSize() != image.GetSize():
+                raise AgnError(f"size {written.GetSize()} instead of {image.GetSize()}")
+    except (AgnError, RuntimeError, OSError) as exc:
+        free = shutil.disk_usage(tmp.parent).free
+        raise AgnError(
+            f"cannot write {target}: the written file is incomplete ({free} bytes free on the device; disk full?)"
+        ) from exc
 
 
 def array_xyz(image: sitk.Image) -> np.ndarray:
@@ -283,7 +382,7 @@ def list_volume_inputs(paths: Sequence[str | Path]) -> list[Path]:
         if not path.is_dir():
             cases.append(path)  # missing files are reported per case
             continue
-        volumes = sorted(p for p in path.iterdir() if p.is_file() and is_volume_file(p))
+        volumes = sorted(p for p in path.iterdir() if p.is_file() and is_volume_file(p) and not p.name.startswith("."))
         if volumes:
             cases.extend(volumes)
             continue

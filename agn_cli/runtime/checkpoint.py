@@ -11,7 +11,6 @@ Loading never unpickles: safetensors, or `torch.load(weights_only=True)`.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field, fields
@@ -23,11 +22,11 @@ from torch import nn
 
 from agn_cli import __version__
 from agn_cli.errors import AgnError
-from agn_cli.runtime.atomic import atomic_path, check_writable
+from agn_cli.runtime.atomic import CHECKPOINT_SUFFIXES, Transaction, check_writable, sha256_file
 from agn_cli.runtime.jsonio import dumps
 
 CARD_FORMAT = 1
-WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth")
+WEIGHT_SUFFIXES = CHECKPOINT_SUFFIXES
 PAPER_CITATION = (
     "Schlemper J, Oktay O, Schaap M, Heinrich M, Kainz B, Glocker B, Rueckert D. Attention gated networks: "
     "Learning to leverage salient regions in medical images. Medical Image Analysis 53:197-207, 2019. "
@@ -89,14 +88,6 @@ def card_path_for(weights: Path) -> Path:
     return weights.with_suffix(".json")
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _state_dict_for_saving(model: nn.Module) -> dict[str, torch.Tensor]:
     inner = getattr(model, "module", model)  # DistributedDataParallel
     inner = getattr(inner, "_orig_mod", inner)  # torch.compile
@@ -109,9 +100,11 @@ def save_checkpoint(path: Path | str, model: nn.Module, card: ModelCard, overwri
     if path.suffix not in WEIGHT_SUFFIXES:
         raise AgnError(f"checkpoint file must end in {', '.join(WEIGHT_SUFFIXES)}: {path}")
     card_file = card_path_for(path)
+    check_writable(path, overwrite)
     check_writable(card_file, overwrite)
     state = _state_dict_for_saving(model)
-    with atomic_path(path, overwrite) as tmp:
+    with Transaction(overwrite) as transaction:  # weights first, the card last: a card always describes its weights
+        tmp = transaction.stage(path)
         if path.suffix == ".safetensors":
             from safetensors.torch import save_file
 
@@ -119,10 +112,9 @@ def save_checkpoint(path: Path | str, model: nn.Module, card: ModelCard, overwri
         else:
             torch.save(state, tmp)
         card.weights_sha256 = sha256_file(tmp)
-    card.weights_file = path.name
-    card.created = card.created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    with atomic_path(card_file, overwrite=True) as tmp:
-        tmp.write_text(card.to_json(), encoding="utf-8")
+        card.weights_file = path.name
+        card.created = card.created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        transaction.stage(card_file).write_text(card.to_json(), encoding="utf-8")
     return path
 
 
@@ -204,29 +196,65 @@ def load_checkpoint(path: Path | str, device: str | torch.device = "cpu", verify
     if not card_file.is_file():
         raise AgnError(f"no model card beside {weights} (expected {card_file.name}); checkpoints need one")
     card = read_card(card_file)
-    if verify and card.weights_sha256 and sha256_file(weights) != card.weights_sha256:
-        raise AgnError(f"{weights} does not match the sha256 in its model card; the file is corrupt or was replaced")
+    if verify:
+        if not card.weights_sha256:
+            raise AgnError(
+                f"model card {card_file} records no weights_sha256, so {weights.name} cannot be checked; "
+                f"put the file's sha256 (e.g. from 'sha256sum {weights.name}') into the card"
+            )
+        if sha256_file(weights) != card.weights_sha256:
+            raise AgnError(f"{weights} does not match the sha256 in its model card; the file is corrupt or was replaced")
     model = build_model(card)
     state = load_state_dict(weights)
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        detail = ", ".join(
-            part
-            for part in (
-                f"missing {len(result.missing_keys)} (e.g. {result.missing_keys[0]})" if result.missing_keys else "",
-                f"unexpected {len(result.unexpected_keys)} (e.g. {result.unexpected_keys[0]})" if result.unexpected_keys else "",
-            )
-            if part
-        )
-        raise AgnError(f"weights in {weights} do not match architecture '{card.architecture}': {detail}")
+    load_weights_into(model, state, weights, card)
     model.to(device).eval()
     return model, card
 
 
+def load_weights_into(model: nn.Module, state: dict[str, torch.Tensor], weights: Path, card: ModelCard) -> None:
+    """Strict load with one-line errors: missing, unexpected or differently shaped tensors mean the card does not
+    describe these weights (torch's own error would be a page of 'size mismatch' lines)."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [k for k in state if k in expected and tuple(state[k].shape) != tuple(expected[k].shape)]
+    problems = []
+    if mismatched:
+        k = mismatched[0]
+        problems.append(
+            f"{len(mismatched)} tensor(s) of another shape (e.g. {k}: {tuple(state[k].shape)} in the file, "
+            f"{tuple(expected[k].shape)} for the card's network)"
+        )
+    if missing:
+        problems.append(f"missing {len(missing)} (e.g. {missing[0]})")
+    if unexpected:
+        problems.append(f"unexpected {len(unexpected)} (e.g. {unexpected[0]})")
+    if problems:
+        raise AgnError(
+            f"weights in {weights} do not match architecture '{card.architecture}' as its model card describes it: "
+            + ", ".join(problems)
+        )
+    model.load_state_dict(state, strict=True)
+
+
+def shipped_weights_dir() -> Path:
+    """The checkpoints that ship with agn: the installed package data `agn_cli.weights` (top-level weights/ in the
+    source tree, mapped in pyproject.toml), else the source checkout's weights/ folder."""
+    try:
+        from importlib.resources import files
+
+        shipped = files("agn_cli.weights")
+        if isinstance(shipped, Path) and shipped.is_dir():
+            return shipped
+    except (ImportError, TypeError):  # running from a source checkout without installing
+        pass
+    return Path(__file__).resolve().parents[2] / "weights"
+
+
 def weights_dirs() -> list[Path]:
-    """Where installed weights live: $AGN_WEIGHTS (os.pathsep-separated) then the project's weights/ folder."""
+    """Where installed weights live: $AGN_WEIGHTS (os.pathsep-separated) then the shipped checkpoints."""
     dirs = [Path(p) for p in os.environ.get("AGN_WEIGHTS", "").split(os.pathsep) if p]
-    dirs.append(Path(__file__).resolve().parents[2] / "weights")
+    dirs.append(shipped_weights_dir())
     return [d for d in dirs if d.is_dir()]
 
 

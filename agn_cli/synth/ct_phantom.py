@@ -20,7 +20,6 @@ colon in front of the kidneys rather than beside them, and abdomen-pelvis fields
 from __future__ import annotations
 
 import math
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ from scipy.spatial import cKDTree
 
 from agn_cli.errors import AgnError
 from agn_cli.runtime.jsonio import dumps
+from agn_cli.runtime.atomic import atomic_dir
 
 LABELS: dict[str, int] = {
     "background": 0,
@@ -1079,10 +1079,9 @@ def write_ct_dataset(
     if contrast is not None and contrast not in CONTRASTS:
         raise AgnError(f"unknown contrast {contrast!r}; use one of: {', '.join(CONTRASTS)}")
     _prepare_output(out_dir, overwrite)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{time.time_ns()}"
     infos: list[CaseInfo] = []
-    try:
+    # built in a hidden folder and moved into place when complete; an old phantom set is replaced only with --overwrite
+    with atomic_dir(out_dir, may_replace=lambda folder: _prepare_output(folder, overwrite)) as tmp:
         (tmp / "imagesTr").mkdir(parents=True)
         (tmp / "labelsTr").mkdir()
         for i in range(cases):
@@ -1099,10 +1098,4 @@ def write_ct_dataset(
         (tmp / "dataset.json").write_text(dumps(dataset_json(cases, seed, resolution)))
         meta = {f"case_{i:04d}": asdict(info) for i, info in enumerate(infos)}
         (tmp / "phantoms.json").write_text(dumps(meta))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return infos

@@ -11,8 +11,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import shutil
-import time
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -20,6 +18,7 @@ import cv2
 import numpy as np
 
 from agn_cli.errors import AgnError
+from agn_cli.runtime.atomic import atomic_dir
 
 # SonoNet label names (plus the folder each class is written to).
 US_CLASSES: dict[str, str] = {
@@ -184,19 +183,21 @@ def write_us_dataset(
         if c not in US_CLASSES:
             raise AgnError(f"unknown ultrasound class {c!r}; use one of: {', '.join(US_CLASSES)}")
     known = {"labels.csv", "boxes.csv", "masks", *US_CLASSES.values()}
-    if out_dir.exists():
-        if not out_dir.is_dir():
-            raise AgnError(f"{out_dir} exists and is not a folder; choose another -o")
-        entries = {p.name for p in out_dir.iterdir()}
+
+    def check(folder: Path) -> None:
+        if not folder.exists():
+            return
+        if not folder.is_dir():
+            raise AgnError(f"{folder} exists and is not a folder; choose another -o")
+        entries = {p.name for p in folder.iterdir()}
         if entries and not overwrite:
-            raise AgnError(f"{out_dir} already exists and is not empty; pass --overwrite to replace it")
+            raise AgnError(f"{folder} already exists and is not empty; pass --overwrite to replace it")
         if entries - known:
-            raise AgnError(f"{out_dir} holds files that are not synthetic frames; choose an empty or new folder")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{time.time_ns()}"
+            raise AgnError(f"{folder} holds files that are not synthetic frames; choose an empty or new folder")
+
+    check(out_dir)
     counts = {c: 0 for c in classes}
-    try:
-        tmp.mkdir()
+    with atomic_dir(out_dir, may_replace=check) as tmp:  # checked again right before an old folder is replaced
         labels = io.StringIO()
         boxes = io.StringIO()
         lw, bw = csv.writer(labels, lineterminator="\n"), csv.writer(boxes, lineterminator="\n")
@@ -219,10 +220,4 @@ def write_us_dataset(
                 progress(i)
         (tmp / "labels.csv").write_text(labels.getvalue())
         (tmp / "boxes.csv").write_text(boxes.getvalue())
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return counts

@@ -66,8 +66,11 @@ class GroundTruth:
         except (OSError, UnicodeDecodeError) as exc:
             raise AgnError(f"cannot read --gt {source}: {exc}") from exc
 
-    def lookup(self, path: str, frame: int) -> tuple[Optional[list[Box]], Optional[str], str]:
-        """(boxes or None, label, status) where status is 'ok', 'unmatched' or 'empty' (no object in the frame)."""
+    def lookup(self, path: str, frame: int, shape: Sequence[int] = ()) -> tuple[Optional[list[Box]], Optional[str], str]:
+        """(boxes or None, label, status) where status is 'ok', 'unmatched' or 'empty' (no object in the frame).
+
+        A mask must have its frame's size (`shape`, rows and cols): boxes are compared in frame pixels, so a mask of
+        another size would score IoU 0 in silence."""
         p = Path(path)
         if self.masks:
             mask = self.masks.get(p.stem.lower())
@@ -78,6 +81,11 @@ class GroundTruth:
             image = cv2.imread(str(mask), cv2.IMREAD_UNCHANGED)
             if image is None:
                 raise AgnError(f"cannot read mask {mask}")
+            if len(shape) >= 2 and tuple(image.shape[:2]) != tuple(shape[:2]):
+                raise AgnError(
+                    f"--gt mask {mask} is {image.shape[1]}x{image.shape[0]} pixels but frame {p.name} is "
+                    f"{shape[1]}x{shape[0]}; masks must match their frames pixel for pixel"
+                )
             box = mask_box(image)
             return ([box] if box else None), self.label, "ok" if box else "empty"
         for key in (path, p.name, p.stem):
@@ -126,13 +134,16 @@ class Scoring:
     counts: dict[str, int] = field(default_factory=dict)  # 'ok', 'unmatched', 'empty'
 
 
-def score_frames(frames: list[dict[str, Any]], truth: GroundTruth) -> Scoring:
+def score_frames(
+    frames: list[dict[str, Any]], truth: GroundTruth, shapes: Optional[Sequence[Sequence[int]]] = None
+) -> Scoring:
     """Add gt_box and iou (4 decimals; None without a target) to each frame row (`FrameResult.to_dict()`), and
-    return the metrics per class: the ground-truth label where known, else the predicted one."""
+    return the metrics per class: the ground-truth label where known, else the predicted one. `shapes` (each
+    frame's rows, cols) lets mask ground truth refuse masks of another size."""
     records: list[tuple[str, float]] = []
     counts = {"ok": 0, "unmatched": 0, "empty": 0}
-    for row in frames:
-        boxes, label, status = truth.lookup(row["path"], row["frame"])
+    for i, row in enumerate(frames):
+        boxes, label, status = truth.lookup(row["path"], row["frame"], shapes[i] if shapes else ())
         counts[status] += 1
         row["gt_box"], row["iou"] = None, None
         if boxes is None:

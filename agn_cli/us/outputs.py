@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional, Sequence
 import cv2
 
 from agn_cli.errors import AgnError
-from agn_cli.runtime.atomic import atomic_path, check_writable, write_text_atomic
+from agn_cli.runtime.atomic import atomic_path, check_outputs, write_text_atomic
 from agn_cli.runtime.jsonio import dumps
 from agn_cli.us.classifier import FrameResult
 from agn_cli.us.frames import DICOM_SUFFIXES, VIDEO_SUFFIXES
@@ -23,13 +23,15 @@ RESULT_SUFFIXES = (".json", ".csv")
 _MULTI_FRAME_SUFFIXES = VIDEO_SUFFIXES + DICOM_SUFFIXES
 
 
-def check_result_file(output: Optional[Path], overwrite: bool) -> None:
-    """-o must be a .json or .csv file that may be written."""
+def check_result_file(
+    output: Optional[Path], overwrite: bool, inputs: Sequence[Path | None] = (), allowed: Sequence[str] = RESULT_SUFFIXES
+) -> None:
+    """Before any compute: -o is a .json or .csv file, new (or --overwrite), and neither an input nor a model card."""
     if output is None:
         return
-    if output.suffix.lower() not in RESULT_SUFFIXES:
-        raise AgnError(f"-o {output}: use a {' or '.join(RESULT_SUFFIXES)} file")
-    check_writable(output, overwrite)
+    if output.suffix.lower() not in allowed:
+        raise AgnError(f"-o {output}: use a {' or '.join(allowed)} file")
+    check_outputs([output], overwrite, inputs)
 
 
 def coco_path(output: Path) -> Path:
