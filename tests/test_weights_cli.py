@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 
 from agn_cli.runtime.checkpoint import load_checkpoint, read_card
 from tests.conftest import run_agn
