@@ -104,13 +104,13 @@ def main() -> None:
     with torch.inference_mode():
         for name, kwargs in variants.items():
             prepared = prepare_model(model, DEVICE, **kwargs)
-            print(f"{name}: {median_ms(lambda: prepared(x)):.2f} ms", flush=True)
+            print(f"{name}: {median_ms(lambda p=prepared: p(x)):.2f} ms", flush=True)
         plain = prepare_model(copy.deepcopy(model), DEVICE, fast=False)
         print(f"plain fp32 eager: {median_ms(lambda: plain(x)):.2f} ms", flush=True)
         for name in PROFILED:
             kwargs = dict(VARIANTS[name], cuda_graphs=False)  # graphs hide the kernels from the profiler
             prepared = prepare_model(model, DEVICE, **kwargs)
-            print(f"\n#### kernels: {name}, graphs off, 5 calls\n{kernel_table(lambda: prepared(x))}", flush=True)
+            print(f"\n#### kernels: {name}, graphs off, 5 calls\n{kernel_table(lambda p=prepared: p(x))}", flush=True)
 
     xb = torch.randn(2, 1, *SIZE, device=DEVICE)
     target = torch.randint(0, 4, (2, *SIZE), device=DEVICE)

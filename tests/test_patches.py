@@ -28,7 +28,7 @@ def test_small_axis_origins_keep_the_whole_axis_and_large_axes_stay_inside():
     rng = np.random.default_rng(0)
     locs = {1: np.array([[35, 2, 11], [1, 29, 0]], dtype=np.int32)}
     seen_z = set()
-    for k in range(300):
+    for _ in range(300):
         o = choose_patch_origin(shape, patch, rng, locs, p_foreground=0.5)
         assert 0 <= o[0] <= shape[0] - patch[0]  # longer than the patch: inside
         assert shape[1] - patch[1] <= o[1] <= 0 and shape[2] - patch[2] <= o[2] <= 0  # shorter: fully contained

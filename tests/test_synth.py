@@ -97,7 +97,7 @@ def test_left_right_in_world_coordinates(whole_cases, direction):
 
 
 def test_volumes_plausible(whole_cases):
-    for image, label, info in whole_cases.values():
+    for _, label, _ in whole_cases.values():
         vols = label_volumes_ml(label)
         assert 900 < vols["liver"] < 2100, vols
         assert 100 < vols["spleen"] < 360, vols

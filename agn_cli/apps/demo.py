@@ -322,7 +322,7 @@ def segment_step(work: Path, cfg: DemoConfig, device: Any) -> dict[str, Any]:
     demo = segment_and_evaluate(work / "models" / "ct-attention-unet3d" / "latest.safetensors", image, label, device,
                                 results_dir / "test_0000_demo-model.nii.gz")
     out: dict[str, Any] = {"demo_model": demo, "default_model": None, "default_model_note": ""}
-    default = find_default_weights("segmentation")
+    default = find_default_weights("segmentation", dims=3)
     if default is None:
         out["default_model_note"] = "no default CT model installed in weights/"
     elif cfg.default_model_budget_s <= 0:

@@ -11,6 +11,7 @@ from agn_cli.runtime.checkpoint import ModelCard, save_checkpoint
 from agn_cli.errors import AgnError
 from agn_cli.runtime.parsing import parse_labels, parse_size
 
+DEFAULT_FRAME_SEG_PATCH = [160, 240]  # rows, cols: a 540x800 HC18 frame at a third of its size
 DEFAULT_CT_PATCH = [160, 160, 96]  # x, y, z at 2 mm (Oktay et al. 2018 train on 160x160x96 crops)
 DEFAULT_FRAME_PATCH = [224, 288]  # rows, cols of SonoNet input frames
 
@@ -37,7 +38,7 @@ def init_checkpoint(
     segmentation = entry.task == "segmentation"
     label_map = parse_labels(labels, background=segmentation)
     kwargs = {"in_channels": 1, "num_classes": len(label_map), "base_filters": base_filters}
-    if entry.dims == 2:
+    if entry.dims == 2 and not segmentation:
         kwargs.pop("base_filters")
         kwargs["in_channels"] = entry.paper_config.get("in_channels", 1)
     torch.manual_seed(seed)
@@ -45,7 +46,19 @@ def init_checkpoint(
         network = create_model(model, **kwargs)
     except TypeError as exc:
         raise AgnError(f"{model} does not take these arguments: {exc}") from None
-    if segmentation:
+    if segmentation and entry.dims == 2:  # ultrasound frames: resized to `patch` (rows, cols), z-scored per frame
+        size = list(parse_size(patch, 2, what="--patch")) if patch else list(DEFAULT_FRAME_SEG_PATCH)
+        card = ModelCard(
+            architecture=model,
+            model_kwargs=kwargs,
+            task="segmentation",
+            labels=label_map,
+            patch_size=size,
+            preprocessing={"grey": "mean", "size": size, "interpolation": "area", "zscore": True},
+            notes=f"random initialisation, seed {seed}; for pipeline tests and benchmarks only",
+            default=default,
+        )
+    elif segmentation:
         card = ModelCard(
             architecture=model,
             model_kwargs=kwargs,

@@ -22,6 +22,7 @@ from agn_cli.cli import (
     evaluate,
     info,
     localise,
+    measure,
     segment,
     synth,
     train,
@@ -69,7 +70,8 @@ _register("bench", bench, "Benchmark a network: milliseconds per forward or trai
 _register("info", info, "Versions, devices, registered models with parameter counts, installed weights.")
 _register("demo", demo, "Run the whole tool end to end on synthetic data and write a report.")
 app.add_typer(train.app, name="train", help="Train a segmentation network or a plane classifier.")
-app.add_typer(evaluate.app, name="evaluate", help="Evaluate segmentations (Dice, surface distances in mm) or classifications.")
+app.add_typer(measure.app, name="measure", help="Biometry: fetal head circumference in mm from ultrasound frames.")
+app.add_typer(evaluate.app, name="evaluate", help="Evaluate segmentations (Dice, surface distances in mm), classifications or head circumferences.")
 app.add_typer(weights.app, name="weights", help="Create, list, verify and convert checkpoints with model cards.")
 app.add_typer(data.app, name="data", help="Validate datasets in nnU-Net or Medical Segmentation Decathlon layout.")
 app.add_typer(synth.app, name="synth", help="Synthetic CT phantoms and ultrasound frames for tests and demos.")

@@ -241,3 +241,35 @@ def cls(
         cells = [_cm_cell(c, i == j) for j, c in enumerate(counts)]
         cm.add_row(f"{i + 1} {escape(name)}", *cells)
     out.print(cm)
+
+
+@app.command("hc")
+def hc(
+    results: Path = typer.Argument(..., help="Output of 'agn measure hc -o results.json'."),
+    reference: Path = typer.Argument(..., help="Reference CSV with HC18's header: filename,pixel size(mm),head circumference (mm)."),
+    masks_ref: Optional[Path] = typer.Option(None, "--masks-ref", help="Reference masks (<stem>_Mask.png or <stem>.png): adds Dice and HD95 (mm)."),
+    as_json: bool = typer.Option(False, "--json", help="Print only JSON on stdout."),
+) -> None:
+    """Head circumference against reference values: mean absolute and signed difference (mm), share within 2 and
+    3 mm; with --masks-ref also Dice and HD95 of the masks written by `agn measure hc --masks`."""
+    from agn_cli.metrics.biometry import evaluate_hc, read_measurements
+
+    if masks_ref is not None and not masks_ref.is_dir():
+        raise AgnError(f"--masks-ref {masks_ref} is not a folder of reference masks")
+    report = evaluate_hc(read_measurements(results), reference, masks_ref)
+    if as_json:
+        print_json(report)
+        return
+    s = report["summary"]
+    title = (f"{s['measured']}/{s['frames']} reference frames measured: mean |difference| "
+             f"{_fmt(s['mean_abs_difference_mm'], 2)} mm, mean difference {_fmt(s['mean_difference_mm'], 2)} mm, "
+             f"within 2 mm {_fmt(s['within_2mm'])}, within 3 mm {_fmt(s['within_3mm'])}")
+    if masks_ref is not None:
+        title += f", Dice {_fmt(s['mean_dice'])}, HD95 {_fmt(s['mean_hd95_mm'], 2)} mm"
+    headers = ["file", "HC mm", "reference mm", "difference mm"] + (["Dice", "HD95 mm"] if masks_ref else []) + ["note"]
+    rows = [
+        [escape(r["filename"]), _fmt(r["hc_mm"], 2), _fmt(r["reference_hc_mm"], 2), _fmt(r.get("difference_mm"), 2)]
+        + ([_fmt(r.get("dice")), _fmt(r.get("hd95_mm"), 2)] if masks_ref else []) + [r.get("reason", "")]
+        for r in report["frames"]
+    ]
+    _print_wide(_table(title, headers, rows, ("file", "note")))

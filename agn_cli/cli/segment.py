@@ -70,7 +70,7 @@ def command(
     from agn_cli.ct.segmenter import SegmentOptions, Segmenter
 
     if weights is None:
-        default = find_default_weights("segmentation")
+        default = find_default_weights("segmentation", dims=3)
         if default is None:
             raise AgnError(
                 "no segmentation weights installed; pass --weights, train one with 'agn train seg ...', or for a pipeline "

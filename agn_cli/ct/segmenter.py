@@ -32,10 +32,22 @@ HU_MAX_WARN = 100.0  # soft tissue / contrast / bone exceed this in any abdomina
 ANISOTROPY_WARN = 3.0
 
 
+def _network_dims(card: ModelCard) -> int:
+    from agn_cli.models import get_entry
+
+    try:
+        return get_entry(card.architecture).dims
+    except KeyError:
+        raise AgnError(f"unknown architecture '{card.architecture}' in the model card") from None
+
+
 def check_card(card: ModelCard) -> list[int]:
     """The card's label ids, sorted (class index -> id); fail if the card cannot drive CT segmentation."""
     if card.task != "segmentation":
         raise AgnError(f"these weights are a {card.task} model ({card.architecture}); agn segment needs a segmentation checkpoint")
+    if _network_dims(card) != 3:
+        raise AgnError(f"these weights are a 2D network ({card.architecture}); agn segment needs a 3D CT model "
+                       "(for fetal head frames use agn measure hc)")
     ids = sorted(int(k) for k in card.labels)
     if ids and (ids[0] < 0 or ids[-1] > 255):
         raise AgnError(f"model card label ids {ids[0]}..{ids[-1]} do not fit the uint8 label map (0..255)")

@@ -272,9 +272,19 @@ def list_weights() -> list[tuple[Path, ModelCard]]:
     return found
 
 
-def find_default_weights(task: str) -> Path | None:
-    """The checkpoint marked default for `task` among installed weights, if any."""
+def find_default_weights(task: str, dims: int | None = None) -> Path | None:
+    """The checkpoint marked default for `task` (and, if given, a `dims`-D network) among installed weights.
+
+    `dims` keeps the 3D CT default and the 2D ultrasound default apart: both are segmentation models."""
+    from agn_cli.models import get_entry
+
     for weights, card in list_weights():
-        if card.task == task and card.default:
+        if card.task != task or not card.default:
+            continue
+        try:
+            network_dims = get_entry(card.architecture).dims
+        except KeyError:
+            continue
+        if dims is None or network_dims == dims:
             return weights
     return None

@@ -24,6 +24,7 @@ from agn_cli.runtime.checkpoint import ModelCard, find_default_weights, load_che
 from agn_cli.us.biometry import Ellipse, fit_head_ellipse, head_circumference_mm, largest_component
 from agn_cli.us.frames import Frame, kind_of
 from agn_cli.us.preprocess import preprocess_frame
+from agn_cli.viz.frames import draw_ellipse, overlay_frame
 
 # Heads smaller than this share of the frame are not measured: a speck is not a fetal head.
 MIN_HEAD_FRACTION = 0.005
@@ -107,13 +108,13 @@ class HeadMeasurer:
         from agn_cli.runtime.fast import prepare_model
 
         if weights is None:
-            weights = find_default_weights("head-segmentation")
+            weights = find_default_weights("segmentation", dims=2)
             if weights is None:
-                raise AgnError("no default head-segmentation weights installed; pass --weights W.safetensors")
+                raise AgnError("no default 2D head-segmentation weights installed; pass --weights W.safetensors")
         self.weights = Path(weights)
         model, card = load_checkpoint(self.weights, device="cpu")
-        if card.task != "head-segmentation":
-            raise AgnError(f"{self.weights} is a {card.task} model; agn measure hc needs a head-segmentation checkpoint")
+        if card.task not in ("head-segmentation", "segmentation") or getattr(model, "dims", 2) != 2:
+            raise AgnError(f"{self.weights} is a {card.task} model; agn measure hc needs a 2D head-segmentation checkpoint")
         self.card: ModelCard = card
         self.device = torch.device(device)
         self.model = prepare_model(model, self.device, fast=fast)
@@ -169,30 +170,12 @@ class HeadMeasurer:
             result.hc_mm = head_circumference_mm(ellipse, pixel_size) + self.hc_offset_mm
         return result
 
-    def run(
-        self, frames: Iterable[Frame], pixel_size: Callable[[Frame], float | None], batch_size: int = 8
-    ) -> Iterator[HeadMeasurement]:
-        """Measure every frame in order; frames of one size share a batch."""
-        chunk: list[Frame] = []
-        for frame in frames:
-            if chunk and (len(chunk) >= batch_size or frame.image.shape[:2] != chunk[0].image.shape[:2]):
-                yield from self.measure_batch(chunk, [pixel_size(f) for f in chunk])
-                chunk = []
-            chunk.append(frame)
-        if chunk:
-            yield from self.measure_batch(chunk, [pixel_size(f) for f in chunk])
-
 
 def ellipse_mask(ellipse: Ellipse, shape: tuple[int, int]) -> np.ndarray:
     """The filled ellipse rasterised on a frame of `shape` (sub-pixel centre and axes)."""
     mask = np.zeros(shape, np.uint8)
-    s = 16  # OpenCV shift=4: coordinates in 1/16 pixel
-    cv2.ellipse(
-        mask,
-        (round(ellipse.center_x * s), round(ellipse.center_y * s)),
-        (round(ellipse.semi_axis_a * s), round(ellipse.semi_axis_b * s)),
-        ellipse.angle_deg, 0, 360, 1, thickness=-1, shift=4,
-    )
+    draw_ellipse(mask, (ellipse.center_x, ellipse.center_y), (ellipse.semi_axis_a, ellipse.semi_axis_b),
+                 ellipse.angle_deg, colour=1, thickness=-1, line_type=cv2.LINE_8)
     return mask.astype(bool)
 
 
@@ -213,3 +196,140 @@ def challenge_rows(results: Iterable[HeadMeasurement]) -> list[list[str]]:
         rows.append([Path(r.path).name, *(f"{v:.6f}" for v in (e.center_x * s, e.center_y * s, e.semi_axis_a * s,
                                                                  e.semi_axis_b * s, math.radians(e.angle_deg)))])
     return rows
+
+
+# ---------------------------------------------------------------------------------------------- `agn measure hc`
+
+
+@dataclass
+class MeasureOutputs:
+    """What `agn measure hc` writes; every path is checked before the network runs."""
+
+    results: Path | None = None  # .json: {"frames": [...], "summary": {...}}
+    masks: Path | None = None  # folder: <stem>_mask.png, uint8 0/255, the frame's size
+    overlays: Path | None = None  # folder: <stem>.png, ellipse + HC + attention on the frame
+    challenge_csv: Path | None = None  # HC18 submission rows
+    overwrite: bool = False
+
+    def check(self, inputs: Iterable[Path | None]) -> None:
+        from agn_cli.runtime.atomic import check_outputs, ensure_folder
+
+        if self.results is not None and self.results.suffix.lower() != ".json":
+            raise AgnError(f"-o {self.results}: use a .json file (the challenge CSV goes to --challenge-csv)")
+        if self.challenge_csv is not None and self.challenge_csv.suffix.lower() != ".csv":
+            raise AgnError(f"--challenge-csv {self.challenge_csv}: use a .csv file")
+        check_outputs([self.results, self.challenge_csv], self.overwrite, inputs)
+        for flag, folder in (("--masks", self.masks), ("--overlays", self.overlays)):
+            if folder is None:
+                continue
+            if folder.exists() and not folder.is_dir():
+                raise AgnError(f"{flag} {folder} is a file; give a folder")
+            if folder.is_dir() and any(folder.iterdir()) and not self.overwrite:
+                raise AgnError(f"{flag} folder {folder} is not empty; pass --overwrite or choose a new folder")
+            ensure_folder(folder)
+
+
+def _frame_stem(frame: Frame) -> str:
+    multi = frame.index > 0 or kind_of(frame.path) in ("dicom", "video")
+    return f"{frame.path.stem}_f{frame.index:05d}" if multi else frame.path.stem
+
+
+def overlay_picture(result: HeadMeasurement) -> np.ndarray:
+    """The frame with the attention map of the finest gate, the fitted ellipse and the HC (or why there is none)."""
+    rows, cols = result.image.shape[:2]
+    caption = f"HC {result.hc_mm:.1f} mm" if result.hc_mm is not None else (result.reason or "no HC")
+    picture = overlay_frame(result.image, caption, result.attention, window=(0, 0, cols, rows))
+    if result.ellipse is not None:
+        e = result.ellipse
+        draw_ellipse(picture, (e.center_x, e.center_y), (e.semi_axis_a, e.semi_axis_b), e.angle_deg,
+                     thickness=max(2, round(max(rows, cols) / 400)))
+    return picture
+
+
+def measure_hc(
+    measurer: HeadMeasurer,
+    inputs: list[Path],
+    pixel_size: Callable[[Frame], float | None],
+    outputs: MeasureOutputs,
+    every: int = 1,
+    batch_size: int = 8,
+    on_error: Callable[[Path, str], None] | None = None,
+    on_result: Callable[[HeadMeasurement], None] | None = None,
+) -> dict[str, Any]:
+    """Measure every frame of `inputs`, write the requested outputs, return the JSON payload (frames + summary).
+
+    Masks and overlays are written as each frame is done (exclusively unless --overwrite); the results JSON and the
+    challenge CSV last, so their presence means the run completed. No frame read at all is an error (exit 2)."""
+    import time
+
+    from agn_cli.runtime.atomic import write_text_atomic
+    from agn_cli.runtime.jsonio import dumps
+    from agn_cli.us.frames import iter_frames
+    from agn_cli.viz.draw import write_png
+
+    failed: list[dict[str, str]] = []
+
+    def report(path: Path, message: str) -> None:
+        failed.append({"path": str(path), "error": message})
+        if on_error is not None:
+            on_error(path, message)
+
+    keep = outputs.overlays is not None
+    results: list[HeadMeasurement] = []
+    names: set[str] = set()
+    start = time.perf_counter()
+    for frame, result in _with_frames(measurer, iter_frames(inputs, every, on_error=report), pixel_size, batch_size):
+        stem = _frame_stem(frame)
+        while stem.lower() in names:  # two inputs with one name in different folders
+            stem += "-2"
+        names.add(stem.lower())
+        if outputs.masks is not None:
+            mask_path = outputs.masks / f"{stem}_mask.png"
+            write_png(mask_path, result.mask.astype(np.uint8) * 255, overwrite=outputs.overwrite)
+            result.mask_path = str(mask_path)
+        if keep:
+            result.image = frame.image
+            write_png(outputs.overlays / f"{stem}.png", overlay_picture(result), overwrite=outputs.overwrite)
+        result.image = result.attention = result.mask = None  # keep memory flat over long runs
+        results.append(result)
+        if on_result is not None:
+            on_result(result)
+    seconds = time.perf_counter() - start
+    if not results:
+        what = f"none of the {len(failed)} input(s) could be read" if failed else "no frames found in the inputs"
+        raise AgnError(f"{what}; give PNG, JPEG, TIFF, BMP, DICOM or video files, or folders of them")
+    hcs = [r.hc_mm for r in results if r.hc_mm is not None]
+    summary = {
+        "frames": len(results),
+        "measured": len(hcs),
+        "no_head": sum(1 for r in results if r.ellipse is None),
+        "no_pixel_size": sum(1 for r in results if r.ellipse is not None and r.pixel_size_mm is None),
+        "failed": failed,
+        "seconds": round(seconds, 3),
+        "frames_per_second": round(len(results) / seconds, 2) if seconds > 0 else None,
+        "device": str(measurer.device),
+        "weights": str(measurer.weights),
+        "hc_offset_mm": measurer.hc_offset_mm,
+        "perimeter": "Ramanujan II, ellipse fitted to the outer boundary of the largest segmented component",
+    }
+    payload = {"frames": [r.to_dict() for r in results], "summary": summary}
+    if outputs.challenge_csv is not None:
+        text = "\n".join(",".join(row) for row in challenge_rows(results)) + "\n"
+        write_text_atomic(outputs.challenge_csv, text, outputs.overwrite)
+    if outputs.results is not None:
+        write_text_atomic(outputs.results, dumps(payload), outputs.overwrite)
+    return payload
+
+
+def _with_frames(
+    measurer: HeadMeasurer, frames: Iterable[Frame], pixel_size: Callable[[Frame], float | None], batch_size: int
+) -> Iterator[tuple[Frame, HeadMeasurement]]:
+    """(frame, result) pairs in input order; frames of one size share a forward pass."""
+    chunk: list[Frame] = []
+    for frame in frames:
+        if chunk and (len(chunk) >= batch_size or frame.image.shape[:2] != chunk[0].image.shape[:2]):
+            yield from zip(chunk, measurer.measure_batch(chunk, [pixel_size(f) for f in chunk]))
+            chunk = []
+        chunk.append(frame)
+    if chunk:
+        yield from zip(chunk, measurer.measure_batch(chunk, [pixel_size(f) for f in chunk]))

@@ -60,7 +60,7 @@ def bar_chart(
     bar_w = max(10, (group_w - 24) // n_ser)
     for c, name in enumerate(categories):
         x0 = left + c * group_w + 12
-        for s, (sname, vals) in enumerate(series.items()):
+        for s, vals in enumerate(series.values()):
             v = vals[c] if c < len(vals) else None
             x = x0 + s * bar_w
             colour = SERIES_COLOURS[s % len(SERIES_COLOURS)]

@@ -89,3 +89,17 @@ def frame_sheet(tiles: Sequence[SheetTile], columns: int = 5, tile: tuple[int, i
                  "caption: green = plane right, red = wrong", (8, 17), 0.42)
     return np.vstack([sheet, legend])
 
+
+
+def draw_ellipse(
+    bgr: np.ndarray, center: tuple[float, float], semi_axes: tuple[float, float], angle_deg: float,
+    colour: tuple[int, int, int] | int = PREDICTED, thickness: int = 2, line_type: int = cv2.LINE_AA,
+) -> np.ndarray:
+    """An ellipse (centre and semi-axes in pixels, angle of the first axis from x in degrees), sub-pixel exact;
+    `thickness=-1` fills it (with `line_type=cv2.LINE_8` for a binary mask)."""
+    s = 16  # OpenCV shift=4: coordinates in 1/16 pixel
+    cv2.ellipse(
+        bgr, (round(center[0] * s), round(center[1] * s)), (round(semi_axes[0] * s), round(semi_axes[1] * s)),
+        angle_deg, 0, 360, colour, thickness, line_type, shift=4,
+    )
+    return bgr
