@@ -53,8 +53,8 @@ def run_agn(
         command = [sys.executable, "-m", "agn_cli"]
     else:
         command = [sys.executable, "-c", f"{setup}\nfrom agn_cli.cli.app import main\nmain()"]
-    proc = subprocess.run(
-        [*command, *map(str, args)], capture_output=True, text=True, env=full_env, input=input,
+    proc = subprocess.run(  # agn writes UTF-8 (tables); decode it so whatever locale this test process ended up in
+        [*command, *map(str, args)], capture_output=True, encoding="utf-8", errors="replace", env=full_env, input=input,
         cwd=cwd or REPO_ROOT, timeout=timeout,
     )
     return AgnRun(proc.returncode, proc.stdout, proc.stderr)
