@@ -6,7 +6,7 @@
     python docs/gen_cli_reference.py --stdout   # print the generated sections only
 
 cli.md has two parts. Everything above the MARKER line (introduction, behaviour shared by every command, the command
-index) is written by hand and kept as it is. Everything below it is generated here from typer's click objects, the
+index) is written by hand and kept as it is. Everything below it is generated here from typer's command objects, the
 same source `agn COMMAND --help` prints from: per command its first help paragraph, a link to its guide (GUIDES),
 its usage line, its arguments, and its options with their defaults. Run it from a checkout; this checkout's
 `agn_cli` is imported.
