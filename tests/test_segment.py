@@ -202,11 +202,11 @@ def test_existing_output_needs_overwrite(tiny_weights, tmp_path):
 @pytest.mark.slow
 def test_default_weights_notice_and_missing_weights_message(tiny_weights, tmp_path):
     scan = write_volume(synthetic_ct(), tmp_path / "scan.nii.gz")
-    no_default = "import agn_cli.runtime.checkpoint as c; c.find_default_weights = lambda task: None"
+    no_default = "import agn_cli.runtime.checkpoint as c; c.find_default_weights = lambda task, dims=None: None"
     code, _, stderr = run_agn("segment", scan, "-o", tmp_path / "m.nii.gz", setup=no_default)
     assert code == 2 and "agn weights init" in stderr and "agn train seg" in stderr
     assert len(stderr.strip().splitlines()) == 1 and not (tmp_path / "m.nii.gz").exists()
-    tiny_default = f"import agn_cli.runtime.checkpoint as c; c.find_default_weights = lambda task: {str(tiny_weights)!r}"
+    tiny_default = f"import agn_cli.runtime.checkpoint as c; c.find_default_weights = lambda task, dims=None: {str(tiny_weights)!r}"
     code, _, stderr = run_agn("segment", scan, "-o", tmp_path / "m.nii.gz", setup=tiny_default)
     assert code == 0 and f"using default weights {tiny_weights}" in stderr
 

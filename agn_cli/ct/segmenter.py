@@ -32,20 +32,22 @@ HU_MAX_WARN = 100.0  # soft tissue / contrast / bone exceed this in any abdomina
 ANISOTROPY_WARN = 3.0
 
 
-def _network_dims(card: ModelCard) -> int:
+def _network_dims(card: ModelCard) -> int | None:
+    """The registered network's dimensionality; None for an architecture the registry does not know (loading the
+    checkpoint reports that)."""
     from agn_cli.models import get_entry
 
     try:
         return get_entry(card.architecture).dims
     except KeyError:
-        raise AgnError(f"unknown architecture '{card.architecture}' in the model card") from None
+        return None
 
 
 def check_card(card: ModelCard) -> list[int]:
     """The card's label ids, sorted (class index -> id); fail if the card cannot drive CT segmentation."""
     if card.task != "segmentation":
         raise AgnError(f"these weights are a {card.task} model ({card.architecture}); agn segment needs a segmentation checkpoint")
-    if _network_dims(card) != 3:
+    if _network_dims(card) == 2:
         raise AgnError(f"these weights are a 2D network ({card.architecture}); agn segment needs a 3D CT model "
                        "(for fetal head frames use agn measure hc)")
     ids = sorted(int(k) for k in card.labels)
