@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from agn_cli.models import AGSonoNet, UNet3D, count_parameters, create_model, list_models
+from agn_cli.models import AGSonoNet, UNet, count_parameters, create_model, list_models
 
 # Exact counts of the authors' released implementation (paper Tables 1 and 5 round them).
 PAPER_COUNTS = {
@@ -41,14 +41,14 @@ def test_sononet16_original_layout_matches_published_weights():
 
 
 def test_registry_lists_every_family_and_rejects_unknown_names():
-    assert set(PAPER_COUNTS) | {"sononet16-original"} == set(list_models())
+    assert set(PAPER_COUNTS) | {"sononet16-original", "unet2d", "attention-unet2d"} == set(list_models())
     with pytest.raises(KeyError, match="unknown model"):
         create_model("resnet50")
 
 
 def test_create_model_overrides_paper_configuration():
     model = create_model("attention-unet3d", num_classes=6, base_filters=8, in_channels=2)
-    assert isinstance(model, UNet3D)
+    assert isinstance(model, UNet)
     assert model.side_heads[0].out_channels == 6 and model.encoder[0][0].in_channels == 2
     assert model.encoder[0][0].out_channels == 8 and model.encoder[4][0].out_channels == 128
 

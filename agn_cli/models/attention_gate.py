@@ -23,7 +23,7 @@ _SIGMOID_OPEN_BIAS = 3.0
 _PSI_WEIGHT_SCALE = 1e-2
 
 
-def _conv(dim: int) -> type[nn.Module]:
+def conv_class(dim: int) -> type[nn.Module]:
     return {2: nn.Conv2d, 3: nn.Conv3d}[dim]
 
 
@@ -44,7 +44,7 @@ def norm_layer(kind: str, dim: int, channels: int) -> nn.Module:
     raise ValueError(f"unknown normalisation layer '{kind}'; choose one of {', '.join(NORMS)}")
 
 
-def _interp_mode(dim: int) -> str:
+def interp_mode(dim: int) -> str:
     return {2: "bilinear", 3: "trilinear"}[dim]
 
 
@@ -96,7 +96,7 @@ class GridAttentionGate(nn.Module):
         if normalisation not in NORMALISATIONS:
             raise ValueError(f"unknown attention normalisation '{normalisation}'; choose one of {', '.join(NORMALISATIONS)}")
         inter_channels = inter_channels or max(in_channels // 2, 1)
-        conv = _conv(dim)
+        conv = conv_class(dim)
         self.dim = dim
         self.normalisation = normalisation
         self.theta = conv(in_channels, inter_channels, kernel_size=sub_sample, stride=sub_sample, bias=False)
@@ -118,11 +118,11 @@ class GridAttentionGate(nn.Module):
     def attention(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         """alpha on x's grid, shape (N, 1, *x.spatial)."""
         theta_x = self.theta(x)
-        phi_g = F.interpolate(self.phi(g), size=theta_x.shape[2:], mode=_interp_mode(self.dim), align_corners=False)
+        phi_g = F.interpolate(self.phi(g), size=theta_x.shape[2:], mode=interp_mode(self.dim), align_corners=False)
         scores = self.psi(F.relu(theta_x + phi_g))
         alpha = normalise_attention(scores, self.normalisation)
         if alpha.shape[2:] != x.shape[2:]:
-            alpha = F.interpolate(alpha, size=x.shape[2:], mode=_interp_mode(self.dim), align_corners=False)
+            alpha = F.interpolate(alpha, size=x.shape[2:], mode=interp_mode(self.dim), align_corners=False)
         return alpha
 
     def forward(self, x: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -167,7 +167,7 @@ class MultiHeadAttentionGate(nn.Module):
             )
             for _ in range(heads)
         )
-        conv = _conv(dim)
+        conv = conv_class(dim)
         self.fuse = (
             nn.Sequential(
                 conv(in_channels * heads, in_channels, kernel_size=1), norm_layer(norm, dim, in_channels), nn.ReLU(inplace=True)

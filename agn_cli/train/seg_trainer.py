@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from agn_cli.errors import AgnError
 from agn_cli.models.attention_gate import NORMS
-from agn_cli.models.unet3d import LEVELS
+from agn_cli.models.unet import LEVELS
 from agn_cli.runtime.checkpoint import ModelCard
 from agn_cli.train import distributed as D
 from agn_cli.train.augment import AugmentConfig, augment_sample

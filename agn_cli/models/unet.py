@@ -1,9 +1,11 @@
-"""3D U-Net and Attention U-Net for abdominal CT (Oktay et al. 2018; Schlemper, Oktay et al. MedIA 2019, §4.1).
+"""U-Net and Attention U-Net, 3D for abdominal CT and 2D for ultrasound (Oktay et al. 2018; Schlemper, Oktay et
+al. MedIA 2019, §4.1).
 
-Five levels of two 3x3x3 conv + BN + ReLU (F1, 2F1, ... 16F1 filters), max-pooling, a trilinear-upsampling
-decoder, and a deep-supervision head per decoder level whose (upsampled) logits are fused by a 1x1x1 conv. The
+Five levels of two 3x3(x3) conv + BN + ReLU (F1, 2F1, ... 16F1 filters), max-pooling, a (bi/tri)linear-upsampling
+decoder, and a deep-supervision head per decoder level whose (upsampled) logits are fused by a 1x1(x1) conv. The
 attention variant gates the skips of levels 2-4 with two-head grid attention gates; the gating signal of the
-deepest gate is a 1x1x1 conv + BN + ReLU of the bottleneck, the others use the decoder feature one level coarser.
+deepest gate is a 1x1(x1) conv + BN + ReLU of the bottleneck, the others use the decoder feature one level coarser.
+The 2D network is the same code with `dims=2`: same gates, same heads, same deep supervision.
 
 Any input size works: pooling rounds up and every upsampling targets the skip's exact size, so no padding to a
 multiple of 16 is needed and outputs always have the input's spatial size.
@@ -15,28 +17,29 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from agn_cli.models.attention_gate import MultiHeadAttentionGate, Norm, Normalisation, norm_layer
+from agn_cli.models.attention_gate import MultiHeadAttentionGate, Norm, Normalisation, conv_class, interp_mode, norm_layer
 from agn_cli.models.registry import register_model
 
 LEVELS = 5
 
 
-class ConvBlock3d(nn.Sequential):
-    """Two 3x3x3 conv + norm (BN, or InstanceNorm with `norm='instance'`) + ReLU."""
+class ConvBlock(nn.Sequential):
+    """Two 3x3(x3) conv + norm (BN, or InstanceNorm with `norm='instance'`) + ReLU."""
 
-    def __init__(self, in_channels: int, out_channels: int, norm: Norm = "batch") -> None:
+    def __init__(self, in_channels: int, out_channels: int, norm: Norm = "batch", dims: int = 3) -> None:
         layers: list[nn.Module] = []
         for c_in in (in_channels, out_channels):
-            layers += [nn.Conv3d(c_in, out_channels, 3, padding=1), norm_layer(norm, 3, out_channels), nn.ReLU(inplace=True)]
+            conv = conv_class(dims)(c_in, out_channels, 3, padding=1)
+            layers += [conv, norm_layer(norm, dims, out_channels), nn.ReLU(inplace=True)]
         super().__init__(*layers)
 
 
 def _upsample_to(x: torch.Tensor, size: torch.Size) -> torch.Tensor:
-    return F.interpolate(x, size=size, mode="trilinear", align_corners=False)
+    return F.interpolate(x, size=size, mode=interp_mode(x.dim() - 2), align_corners=False)
 
 
-class UNet3D(nn.Module):
-    """U-Net 3D with deep-supervision heads; `attention=True` gives the Attention U-Net."""
+class UNet(nn.Module):
+    """U-Net with deep-supervision heads, 2D or 3D (`dims`); `attention=True` gives the Attention U-Net."""
 
     def __init__(
         self,
@@ -48,16 +51,21 @@ class UNet3D(nn.Module):
         attention_normalisation: Normalisation = "sigmoid",
         attention_sub_sample: int = 2,
         norm: Norm = "batch",
+        dims: int = 3,
     ) -> None:
         super().__init__()
+        if dims not in (2, 3):
+            raise ValueError(f"dims must be 2 or 3, not {dims}")
         f = [base_filters * 2**i for i in range(LEVELS)]
-        self.in_channels, self.num_classes, self.attention = in_channels, num_classes, attention
-        self.encoder = nn.ModuleList(ConvBlock3d(c_in, c_out, norm) for c_in, c_out in zip([in_channels] + f[:-1], f))
-        self.pool = nn.MaxPool3d(2, ceil_mode=True)
+        conv = conv_class(dims)
+        self.in_channels, self.num_classes, self.attention, self.dims = in_channels, num_classes, attention, dims
+        pairs = zip([in_channels] + f[:-1], f)
+        self.encoder = nn.ModuleList(ConvBlock(c_in, c_out, norm, dims) for c_in, c_out in pairs)
+        self.pool = {2: nn.MaxPool2d, 3: nn.MaxPool3d}[dims](2, ceil_mode=True)
         # decoder[i] merges level i+1's skip with the upsampled level i+2 feature (i = 0..3, coarse to fine: 3..0)
-        self.decoder = nn.ModuleList(ConvBlock3d(f[i] + f[i + 1], f[i], norm) for i in range(LEVELS - 1))
+        self.decoder = nn.ModuleList(ConvBlock(f[i] + f[i + 1], f[i], norm, dims) for i in range(LEVELS - 1))
         if attention:
-            self.gating = nn.Sequential(nn.Conv3d(f[4], f[4], 1), norm_layer(norm, 3, f[4]), nn.ReLU(inplace=True))
+            self.gating = nn.Sequential(conv(f[4], f[4], 1), norm_layer(norm, dims, f[4]), nn.ReLU(inplace=True))
             # gates on the skips of levels 2-4 (indices 1-3), gated by the feature one level coarser
             self.gates = nn.ModuleDict(
                 {
@@ -66,7 +74,7 @@ class UNet3D(nn.Module):
                         f[i + 1],
                         f[i],
                         heads=attention_heads,
-                        dim=3,
+                        dim=dims,
                         sub_sample=attention_sub_sample,
                         normalisation=attention_normalisation,
                         norm=norm,
@@ -74,9 +82,9 @@ class UNet3D(nn.Module):
                     for i in (1, 2, 3)
                 }
             )
-        # one deep-supervision head per decoder level (levels 1-4), fused by a 1x1x1 conv
-        self.side_heads = nn.ModuleList(nn.Conv3d(f[i], num_classes, 1) for i in range(LEVELS - 1))
-        self.fuse = nn.Conv3d(num_classes * (LEVELS - 1), num_classes, 1)
+        # one deep-supervision head per decoder level (levels 1-4), fused by a 1x1(x1) conv
+        self.side_heads = nn.ModuleList(conv(f[i], num_classes, 1) for i in range(LEVELS - 1))
+        self.fuse = conv(num_classes * (LEVELS - 1), num_classes, 1)
 
     def forward_features(self, x: torch.Tensor) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
         """Decoder features of levels 1-4 (fine to coarse) and the attention coefficients per gate."""
@@ -119,15 +127,29 @@ class UNet3D(nn.Module):
 
 
 _CT_PAPER = {"in_channels": 1, "num_classes": 4, "base_filters": 16}
+# The 2D configuration agn documents and tests: one grey-level channel, background + one structure (fetal head).
+_US_2D = {"in_channels": 1, "num_classes": 2, "base_filters": 16}
 
 
 @register_model("unet3d", task="segmentation", dims=3, paper_config=_CT_PAPER)
-def unet3d(**kwargs) -> UNet3D:
+def unet3d(**kwargs) -> UNet:
     """3D U-Net baseline with deep supervision (paper Table 1)."""
-    return UNet3D(attention=False, **kwargs)
+    return UNet(attention=False, dims=3, **kwargs)
 
 
 @register_model("attention-unet3d", task="segmentation", dims=3, paper_config=_CT_PAPER)
-def attention_unet3d(**kwargs) -> UNet3D:
+def attention_unet3d(**kwargs) -> UNet:
     """Attention U-Net 3D: two-head grid attention gates on the skips of levels 2-4 (paper Table 1)."""
-    return UNet3D(attention=True, **kwargs)
+    return UNet(attention=True, dims=3, **kwargs)
+
+
+@register_model("unet2d", task="segmentation", dims=2, paper_config=_US_2D)
+def unet2d(**kwargs) -> UNet:
+    """2D U-Net baseline with deep supervision, the CT design in 2D (ultrasound structures)."""
+    return UNet(attention=False, dims=2, **kwargs)
+
+
+@register_model("attention-unet2d", task="segmentation", dims=2, paper_config=_US_2D)
+def attention_unet2d(**kwargs) -> UNet:
+    """Attention U-Net 2D: the 3D network's gates, heads and deep supervision in 2D (fetal head)."""
+    return UNet(attention=True, dims=2, **kwargs)
