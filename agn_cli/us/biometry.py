@@ -8,12 +8,16 @@ for any ellipse with b/a >= 0.5 (every fetal head), far under one pixel.
 
 from __future__ import annotations
 
+import csv
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
 from skimage.measure import label
+
+from agn_cli.errors import AgnError
 
 # Fewer boundary points than this cannot pin down five ellipse parameters robustly.
 MIN_BOUNDARY_POINTS = 20
@@ -88,3 +92,50 @@ def head_circumference_mm(ellipse: Ellipse, pixel_size_mm: float) -> float:
     if not pixel_size_mm > 0:
         raise ValueError("pixel size must be positive")
     return ellipse.perimeter() * pixel_size_mm
+
+
+@dataclass(frozen=True)
+class HC18Row:
+    """One row of an HC18-style table: pixel size (mm) and, in reference tables, the official HC (mm)."""
+
+    pixel_size_mm: float
+    hc_mm: float | None
+
+
+def read_hc18_table(path: Path | str) -> dict[str, HC18Row]:
+    """File name -> row, from a CSV with HC18's header (`filename,pixel size(mm)[,head circumference (mm)]`).
+
+    One reader for both uses: `agn measure hc --pixel-sizes` (the pixel size) and `agn evaluate hc` (the HC).
+    """
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            columns = {name.strip().lower(): name for name in reader.fieldnames or []}
+            name_col = columns.get("filename")
+            size_col = columns.get("pixel size(mm)") or columns.get("pixel_size_mm")
+            hc_col = columns.get("head circumference (mm)") or columns.get("hc_mm")
+            if name_col is None or size_col is None:
+                raise AgnError(f"{path}: need the columns 'filename' and 'pixel size(mm)' (HC18's header)")
+            table = {}
+            for line, row in enumerate(reader, start=2):
+                size = _positive(row[size_col], path, line, "pixel size")
+                hc = _positive(row[hc_col], path, line, "head circumference") if hc_col and row[hc_col] else None
+                table[Path(row[name_col].strip()).name] = HC18Row(size, hc)
+    except OSError as exc:
+        raise AgnError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise AgnError(f"{path} is not a text CSV file") from None
+    if not table:
+        raise AgnError(f"{path} has no rows")
+    return table
+
+
+def _positive(text: str | None, path: Path, line: int, what: str) -> float:
+    try:
+        value = float(text)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise AgnError(f"{path}:{line}: {what} '{text}' is not a number") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise AgnError(f"{path}:{line}: {what} must be a positive number, got {text}")
+    return value

@@ -10,7 +10,6 @@ head is found gets `hc_mm = None` and a reason.
 
 from __future__ import annotations
 
-import csv
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,29 +79,6 @@ def dicom_pixel_size_mm(path: Path) -> float | None:
     if spacing is not None and len(spacing) == 2 and math.isclose(float(spacing[0]), float(spacing[1]), rel_tol=0.01):
         return float(spacing[0]) if float(spacing[0]) > 0 else None
     return None
-
-
-def read_pixel_sizes(csv_path: Path) -> dict[str, float]:
-    """File name -> pixel size (mm) from a CSV with HC18's header (`filename,pixel size(mm),...`)."""
-    try:
-        with open(csv_path, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            columns = {name.strip().lower(): name for name in reader.fieldnames or []}
-            name_col, size_col = columns.get("filename"), columns.get("pixel size(mm)") or columns.get("pixel_size_mm")
-            if name_col is None or size_col is None:
-                raise AgnError(f"{csv_path}: need the columns 'filename' and 'pixel size(mm)' (HC18's header)")
-            sizes = {}
-            for line, row in enumerate(reader, start=2):
-                try:
-                    value = float(row[size_col])
-                except (TypeError, ValueError):
-                    raise AgnError(f"{csv_path}:{line}: pixel size '{row[size_col]}' is not a number") from None
-                if not value > 0:
-                    raise AgnError(f"{csv_path}:{line}: pixel size must be positive, got {value}")
-                sizes[Path(row[name_col].strip()).name] = value
-            return sizes
-    except OSError as exc:
-        raise AgnError(f"cannot read --pixel-sizes {csv_path}: {exc.strerror or exc}") from None
 
 
 def pixel_size_lookup(
