@@ -13,11 +13,12 @@ from agn_cli.cli.console import note, print_json
 from agn_cli.errors import AgnError
 
 app = typer.Typer(no_args_is_help=True)
+DEFAULT_FRAME_SIZE = "160x240"  # 2D --size: the default head model's input (HC18 frames are 540x800)
 
 
 @app.callback()
 def callback() -> None:
-    """Train a segmentation network (CT) or a plane classifier (ultrasound)."""
+    """Train a segmentation network (CT volumes or 2D frames) or a plane classifier (ultrasound)."""
 
 
 def parse_triple(text: str, what: str, kind=float) -> tuple:
@@ -34,15 +35,17 @@ def parse_triple(text: str, what: str, kind=float) -> tuple:
     return values
 
 
-def parse_axes(text: str) -> tuple[int, ...]:
+def parse_axes(text: str, dims: int = 3) -> tuple[int, ...]:
+    """--flip names -> array axes: volumes are (x, y, z); frames are (rows, cols), so x (left-right) is axis 1."""
     text = text.strip().lower()
     if text in ("", "none"):
         return ()
-    names = {"x": 0, "y": 1, "z": 2, "0": 0, "1": 1, "2": 2}
+    names = {"x": 0, "y": 1, "z": 2, "0": 0, "1": 1, "2": 2} if dims == 3 else {"x": 1, "y": 0}
     try:
         return tuple(sorted({names[t.strip()] for t in text.split(",")}))
     except KeyError:
-        raise AgnError(f"--flip '{text}' must be none or a comma list of x, y, z") from None
+        allowed = "x, y, z" if dims == 3 else "x (left-right) and y (up-down) for 2D frames"
+        raise AgnError(f"--flip '{text}' must be none or a comma list of {allowed}") from None
 
 
 def _relaunch(gpus: int) -> bool:
@@ -63,17 +66,19 @@ def _relaunch(gpus: int) -> bool:
 
 @app.command("seg")
 def seg(
-    dataset: Path = typer.Argument(..., help="nnU-Net v2 or MSD dataset folder (dataset.json, imagesTr/, labelsTr/)."),
+    dataset: Path = typer.Argument(..., help="nnU-Net v2 or MSD dataset folder (dataset.json, imagesTr/, labelsTr/); PNG files: 2D."),
     output: Path = typer.Option(..., "-o", "--output", help="Run folder: best/latest checkpoints, metrics.csv, config.json."),
-    model: str = typer.Option("attention-unet3d", "--model", help="attention-unet3d or unet3d."),
+    model: str = typer.Option("attention-unet3d", "--model", help="attention-unet3d, unet3d (CT volumes); attention-unet2d, unet2d (2D frames)."),
     base_filters: int = typer.Option(16, "--base-filters", help="Filters of the first level (paper: 16)."),
     norm: str = typer.Option("batch", "--norm", help="batch (paper) or instance (per-patch statistics, as nnU-Net)."),
     epochs: int = typer.Option(300, "--epochs"),
     steps_per_epoch: int = typer.Option(250, "--steps-per-epoch", help="Optimiser steps per epoch."),
     batch_size: int = typer.Option(2, "--batch-size", help="Global batch per optimiser step, split across ranks."),
     accumulate: int = typer.Option(1, "--accumulate", help="Split each rank's share into K micro-batches (less memory, same batch)."),
-    patch: str = typer.Option("160x160x96", "--patch", help="Patch size x,y,z in voxels; clipped to the smallest volume."),
-    spacing: str = typer.Option("2.0", "--spacing", help="Target spacing in mm: one number or XxYxZ."),
+    patch: Optional[str] = typer.Option(None, "--patch", help="Patch size XxYxZ in voxels (default 160x160x96); 2D: ROWSxCOLS within --size (default: the whole frame)."),
+    spacing: str = typer.Option("2.0", "--spacing", help="Target spacing in mm: one number or XxYxZ (3D)."),
+    size: str = typer.Option(DEFAULT_FRAME_SIZE, "--size", help="2D: ROWSxCOLS every frame is resized to (the network input)."),
+    val_dataset: Optional[Path] = typer.Option(None, "--val-dataset", help="Validate on this dataset (same labels) and train on all of DATASET."),
     optimizer: str = typer.Option("adam", "--optimizer", help="adam (paper) or sgd (Nesterov, momentum 0.9)."),
     lr: float = typer.Option(1e-4, "--lr", help="Learning rate (paper: 1e-4 with Adam)."),
     weight_decay: float = typer.Option(0.0, "--weight-decay"),
@@ -88,7 +93,7 @@ def seg(
     scale: float = typer.Option(0.1, "--scale", help="Max relative zoom (0: off)."),
     translation: float = typer.Option(0.05, "--translation", help="Max shift as a fraction of the patch (0: off)."),
     p_affine: float = typer.Option(0.5, "--p-affine", help="Probability of the random affine."),
-    flip: str = typer.Option("none", "--flip", help="Axes to flip at random: none or e.g. 'x,y' (x swaps left/right organs!)."),
+    flip: str = typer.Option("none", "--flip", help="Axes to flip at random: none or e.g. 'x,y' (x swaps left/right organs!; 2D: x = left-right)."),
     intensity: float = typer.Option(0.1, "--intensity", help="Intensity jitter: gain and shift range (0: off)."),
     noise: float = typer.Option(0.05, "--noise", help="Max std of added Gaussian noise (0: off)."),
     p_blur: float = typer.Option(0.0, "--p-blur", help="Probability of a Gaussian blur, sigma 0.5-1 voxel (nnU-Net: 0.2)."),
@@ -112,11 +117,18 @@ def seg(
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar (epoch lines only)."),
     as_json: bool = typer.Option(False, "--json", help="Print the final summary as JSON on stdout."),
 ) -> None:
-    """Train Attention U-Net / U-Net 3D on CT; `agn segment --weights RUN` then uses the best checkpoint."""
+    """Train Attention U-Net / U-Net 3D on CT or 2D on frames (PNG); `agn segment` / `agn measure --weights RUN` use it."""
     if _relaunch(gpus):
         return
     from agn_cli.train.augment import AugmentConfig
-    from agn_cli.train.seg_trainer import SegTrainConfig, train_seg
+    from agn_cli.train.seg_trainer import SegTrainConfig, seg_model_dims, train_seg
+
+    dims = seg_model_dims(model)
+    frame_size = parse_pair(size, "--size") if dims == 2 else None
+    if patch is None:
+        patch_size = frame_size if dims == 2 else (160, 160, 96)
+    else:
+        patch_size = parse_pair(patch, "--patch") if dims == 2 else parse_triple(patch, "--patch", int)
 
     if loss not in ("dice", "dice+ce"):
         raise AgnError(f"--loss '{loss}' must be dice or dice+ce")
@@ -127,7 +139,7 @@ def seg(
         rotation=rotation,
         scale=scale,
         translation=translation,
-        flip_axes=parse_axes(flip),
+        flip_axes=parse_axes(flip, dims),
         intensity_scale=intensity,
         intensity_shift=intensity,
         noise_std=noise,
@@ -148,8 +160,10 @@ def seg(
         steps_per_epoch=steps_per_epoch,
         batch_size=batch_size,
         accumulate=accumulate,
-        patch=parse_triple(patch, "--patch", int),
+        patch=patch_size,
         spacing=parse_triple(spacing, "--spacing", float),
+        size=frame_size,
+        val_dataset=str(Path(val_dataset).expanduser().resolve()) if val_dataset else None,
         optimizer=optimizer,
         lr=lr,
         weight_decay=weight_decay,

@@ -127,3 +127,45 @@ def write_fetal_planes_db(root: Path, per_class: int = 4, seed: int = 0) -> Path
             k += 1
     (Path(root) / "FETAL_PLANES_DB_data.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return Path(root)
+
+
+def head_frame(rng: np.random.Generator, shape: Sequence[int] = (96, 128)) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 grey frame, uint8 label 0/1): a bright-rimmed filled ellipse ('head') at a random place, size and angle
+    on speckle-like noise, as a stand-in for an HC18 frame and its head mask."""
+    import cv2
+
+    rows, cols = shape
+    frame = rng.normal(50, 18, (rows, cols))
+    label = np.zeros((rows, cols), np.uint8)
+    centre = (int(cols * rng.uniform(0.4, 0.6)), int(rows * rng.uniform(0.4, 0.6)))
+    axes = (int(cols * rng.uniform(0.22, 0.3)), int(rows * rng.uniform(0.22, 0.3)))
+    angle = float(rng.uniform(-30, 30))
+    cv2.ellipse(label, centre, axes, angle, 0, 360, 1, thickness=-1)
+    rim = np.zeros_like(label)
+    cv2.ellipse(rim, centre, axes, angle, 0, 360, 1, thickness=max(2, rows // 24))
+    frame[label > 0] += 25
+    frame[rim > 0] += 110
+    return np.clip(frame, 0, 255).astype(np.uint8), label
+
+
+def write_frame_seg_dataset(root: Path, n_cases: int = 3, shape: Sequence[int] = (96, 128), seed: int = 0) -> Path:
+    """nnU-Net v2 2D layout: imagesTr/CASE_0000.png, labelsTr/CASE.png (ids 0/1), `file_ending` .png."""
+    import cv2
+
+    root = Path(root)
+    (root / "imagesTr").mkdir(parents=True, exist_ok=True)
+    (root / "labelsTr").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n_cases):
+        image, label = head_frame(rng, shape)
+        cv2.imwrite(str(root / "imagesTr" / f"head_{i:03d}_0000.png"), image)
+        cv2.imwrite(str(root / "labelsTr" / f"head_{i:03d}.png"), label)
+    meta = {
+        "name": "ToyHeads",
+        "channel_names": {"0": "US"},
+        "labels": {"background": 0, "head": 1},
+        "numTraining": n_cases,
+        "file_ending": ".png",
+    }
+    (root / "dataset.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    return root

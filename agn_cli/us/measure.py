@@ -23,7 +23,7 @@ from agn_cli.errors import AgnError
 from agn_cli.runtime.checkpoint import ModelCard, find_default_weights, load_checkpoint
 from agn_cli.us.biometry import Ellipse, fit_head_ellipse, head_circumference_mm, largest_component
 from agn_cli.us.frames import Frame, kind_of
-from agn_cli.us.preprocess import preprocess_frame
+from agn_cli.us.frame_segmentation import network_probabilities, to_frame
 
 # Heads smaller than this share of the frame are not measured: a speck is not a fetal head.
 MIN_HEAD_FRACTION = 0.005
@@ -112,8 +112,8 @@ class HeadMeasurer:
                 raise AgnError("no default head-segmentation weights installed; pass --weights W.safetensors")
         self.weights = Path(weights)
         model, card = load_checkpoint(self.weights, device="cpu")
-        if card.task != "head-segmentation":
-            raise AgnError(f"{self.weights} is a {card.task} model; agn measure hc needs a head-segmentation checkpoint")
+        if card.task not in ("head-segmentation", "segmentation") or getattr(model, "dims", 2) != 2:
+            raise AgnError(f"{self.weights} is a {card.task} model; agn measure hc needs a 2D head-segmentation checkpoint")
         self.card: ModelCard = card
         self.device = torch.device(device)
         self.model = prepare_model(model, self.device, fast=fast)
@@ -126,10 +126,8 @@ class HeadMeasurer:
     @torch.no_grad()
     def probabilities(self, images: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
         """Head probability (N, rows, cols) at network size, and the mean attention map of the finest gate."""
-        batch = np.stack([preprocess_frame(image, self.preprocessing, crop="none") for image in images])
-        x = torch.from_numpy(batch)[:, None].to(self.device)
-        logits, attention = self.model(x, return_attention=True)
-        probs = torch.softmax(logits.float(), dim=1)[:, self.head_class].cpu().numpy()
+        probs, attention = network_probabilities(self.model, images, self.preprocessing, self.device)
+        probs = probs[:, self.head_class]
         maps = []
         if attention:
             finest = attention[min(attention)]  # "level2": the finest gated skip
@@ -141,8 +139,8 @@ class HeadMeasurer:
         results = []
         for i, (frame, pixel_size) in enumerate(zip(frames, pixel_sizes)):
             rows, cols = frame.image.shape[:2]
-            prob = cv2.resize(probs[i], (cols, rows), interpolation=cv2.INTER_LINEAR)
-            attention = cv2.resize(maps[i], (cols, rows), interpolation=cv2.INTER_LINEAR) if maps else None
+            prob = to_frame(probs[i], (rows, cols))
+            attention = to_frame(maps[i], (rows, cols)) if maps else None
             results.append(self._from_probability(frame, prob, pixel_size, attention))
         return results
 

@@ -1,0 +1,178 @@
+"""2D `agn train seg` on frames in the nnU-Net v2 PNG layout: overfitting, resume, the card HeadMeasurer reads, and
+`agn data check` on 2D datasets through the real entry point."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from agn_cli.errors import AgnError
+from agn_cli.metrics.segmentation import dice_per_class
+from agn_cli.runtime.checkpoint import load_checkpoint
+from agn_cli.train.augment import AugmentConfig
+from agn_cli.train.run_state import read_metrics_csv
+from agn_cli.train.seg_trainer import SegTrainConfig, frame_labels, train_seg
+from agn_cli.train.toy import write_frame_seg_dataset, write_msd_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def heads(tmp_path_factory) -> Path:
+    return write_frame_seg_dataset(tmp_path_factory.mktemp("heads") / "Heads", n_cases=4, shape=(72, 96), seed=1)
+
+
+def _cfg(data: Path, out: Path, **kw) -> SegTrainConfig:
+    base = dict(
+        dataset=str(data), output=str(out), model="attention-unet2d", base_filters=4, epochs=3, steps_per_epoch=2,
+        batch_size=2, size=(48, 64), patch=(48, 64), lr=3e-3, val_fraction=0.25, device="cpu",
+        augment=AugmentConfig(rotation=15, scale=0.1, translation=0.05, flip_axes=(1,), p_gamma=0.3).to_dict(),
+    )
+    base.update(kw)
+    return SegTrainConfig(**base)
+
+
+def _frame(data: Path, case: str) -> tuple[np.ndarray, np.ndarray]:
+    image = cv2.imread(str(data / "imagesTr" / f"{case}_0000.png"), cv2.IMREAD_UNCHANGED)
+    return image, cv2.imread(str(data / "labelsTr" / f"{case}.png"), cv2.IMREAD_UNCHANGED)
+
+
+@pytest.mark.slow
+def test_overfit_one_frame_reaches_dice_095(tmp_path):
+    data = write_frame_seg_dataset(tmp_path / "one", n_cases=1, shape=(72, 96), seed=3)
+    run = tmp_path / "run"
+    cfg = _cfg(data, run, epochs=1, steps_per_epoch=40, val_fraction=0.0, lr=1e-2, schedule="constant",
+               augment=AugmentConfig.off().to_dict())
+    train_seg(cfg, progress=False)
+    model, card = load_checkpoint(run)
+    image, label = _frame(data, "head_000")
+    pred = frame_labels(model, image, card.preprocessing, torch.device("cpu"))  # at the frame's own 72x96
+    assert pred.shape == label.shape == (72, 96)
+    assert dice_per_class(pred, label, [1])[0] > 0.95
+
+
+@pytest.mark.slow
+def test_2d_card_and_head_measurer(heads, tmp_path):
+    run = tmp_path / "run"
+    summary = train_seg(_cfg(heads, run, epochs=1), progress=False)
+    rows = read_metrics_csv(run / "metrics.csv")
+    assert 0.0 <= rows[0]["val_dice_head"] <= 1.0  # validation ran on the held-out frame
+    model, card = load_checkpoint(run / "latest.safetensors")
+    assert card.architecture == "attention-unet2d" and card.task == "segmentation"
+    assert card.labels == {0: "background", 1: "head"} and card.spacing is None
+    assert card.preprocessing == {"grey": "mean", "interpolation": "area", "zscore": True, "size": [48, 64]}
+    assert card.patch_size == [48, 64] and card.mirror_axes == [1]
+    assert "3 training / 1 validation frames" in card.training_data
+    assert summary["preprocessing"]["size"] == [48, 64]
+    # the cache holds the frames exactly as preprocess_frame gives them to the network
+    from agn_cli.train.cache import load_cached
+    from agn_cli.train.datasets import load_dataset
+    from agn_cli.us.preprocess import preprocess_frame
+
+    case = next(c for c in load_dataset(heads).cases if any((run / "cache").glob(f"{c.case_id}-*_img.npy")))
+    cached = load_cached(case, run / "cache", card.preprocessing)
+    image, label = _frame(heads, case.case_id)
+    np.testing.assert_array_equal(cached.image(), preprocess_frame(image, card.preprocessing, crop="none"))
+    assert cached.label().shape == (48, 64) and set(np.unique(cached.label())) == {0, 1}
+    # agn measure's HeadMeasurer takes the run's card and answers at the frame's size
+    from agn_cli.us.frames import Frame
+    from agn_cli.us.measure import HeadMeasurer
+
+    measurer = HeadMeasurer(run / "latest.safetensors", fast=False)
+    result = measurer.measure_batch([Frame(Path("f.png"), 0, image)], [0.1])[0]
+    assert result.mask.shape == (72, 96)
+    assert np.array_equal(result.mask.any(), frame_labels(model, image, card.preprocessing, torch.device("cpu")).any())
+
+
+@pytest.mark.slow
+def test_resume_2d_continues_same_epoch_and_stream(heads, tmp_path):
+    full, parts = tmp_path / "full", tmp_path / "parts"
+    kw = dict(val_every=10, patch=(32, 48))  # random 32x48 patches of the 48x64 frames: patch sampling in the stream
+    train_seg(_cfg(heads, full, **kw), progress=False)
+    first = train_seg(_cfg(heads, parts, **kw), progress=False, stop_after=2)
+    assert first["finished_epoch"] == 2
+    second = train_seg(_cfg(heads, parts, **kw), resume=True, progress=False)
+    assert second["started_at_epoch"] == 2
+    a = [r["train_loss"] for r in read_metrics_csv(full / "metrics.csv")]
+    b = [r["train_loss"] for r in read_metrics_csv(parts / "metrics.csv")]
+    assert len(a) == len(b) == 3
+    np.testing.assert_allclose(b, a, rtol=1e-5)
+    wa = torch.load(full / "latest_state.pt", weights_only=True)["model"]
+    wb = torch.load(parts / "latest_state.pt", weights_only=True)["model"]
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5)
+    assert load_checkpoint(parts)[1].patch_size == [48, 64]  # inference runs on the whole resized frame
+
+
+def test_2d_settings_are_checked_before_training(heads, tmp_path):
+    with pytest.raises(AgnError, match="larger than --size"):
+        train_seg(_cfg(heads, tmp_path / "a", patch=(64, 64)), progress=False)
+    with pytest.raises(AgnError, match="needs --size"):
+        train_seg(_cfg(heads, tmp_path / "b", size=None), progress=False)
+    with pytest.raises(AgnError, match="ROWSxCOLS"):
+        train_seg(_cfg(heads, tmp_path / "c", patch=(16, 16, 16)), progress=False)
+    with pytest.raises(AgnError, match="axis a 2D patch does not have"):
+        train_seg(_cfg(heads, tmp_path / "d", augment=AugmentConfig(flip_axes=(2,)).to_dict()), progress=False)
+    assert not any((tmp_path / n).exists() for n in "abcd")
+
+
+def test_model_and_dataset_dimensions_must_agree(heads, tmp_path):
+    volumes = write_msd_dataset(tmp_path / "msd", n_cases=2, size=(12, 12, 12))
+    with pytest.raises(AgnError, match=r"holds 3D volumes \(\.nii\.gz\) but attention-unet2d is a 2D network; use --model"):
+        train_seg(_cfg(volumes, tmp_path / "a"), progress=False)
+    with pytest.raises(AgnError, match=r"holds 2D frames \(\.png\) but unet3d is a 3D network; use --model unet2d or"):
+        train_seg(_cfg(heads, tmp_path / "b", model="unet3d", patch=(16, 16, 16)), progress=False)
+
+
+def test_cli_flip_names_frame_axes():
+    from agn_cli.cli.train import parse_axes
+
+    assert parse_axes("x", dims=2) == (1,) and parse_axes("x,y", dims=2) == (0, 1) and parse_axes("x") == (0,)
+    with pytest.raises(AgnError, match="x \\(left-right\\) and y"):
+        parse_axes("z", dims=2)
+
+
+# ---- agn data check on 2D datasets, through the real entry point
+
+
+def _data_check(path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "agn_cli", "data", "check", str(path)], capture_output=True,
+                          text=True, cwd=REPO, timeout=120)
+
+
+def _one_error(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr
+    return errors[0]
+
+
+def test_data_check_2d(heads, tmp_path):
+    ok = _data_check(heads)
+    assert ok.returncode == 0, ok.stderr
+    assert "nnunet layout, 4 cases, labels 0=background, 1=head" in ok.stdout and "ok: 4 cases checked" in ok.stdout
+
+    hc18_style = shutil.copytree(heads, tmp_path / "mask255")  # an HC18 mask written as 0/255, not converted
+    _, label = _frame(hc18_style, "head_002")
+    cv2.imwrite(str(hc18_style / "labelsTr" / "head_002.png"), label * 255)
+    line = _one_error(_data_check(hc18_style))
+    assert "head_002.png has values [255] not in dataset.json labels [0, 1]" in line
+
+    missing = shutil.copytree(heads, tmp_path / "missing")
+    (missing / "imagesTr" / "head_001_0000.png").unlink()
+    line = _one_error(_data_check(missing))
+    assert "head_001_0000.png is missing for label" in line
+
+    sizes = shutil.copytree(heads, tmp_path / "sizes")
+    cv2.imwrite(str(sizes / "labelsTr" / "head_003.png"), np.zeros((72, 95), np.uint8))
+    line = _one_error(_data_check(sizes))
+    assert "head_003.png is 72x95 pixels but" in line and "head_003_0000.png is 72x96" in line
