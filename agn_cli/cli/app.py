@@ -93,7 +93,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     """Console-script entry point: run the app, map failures to exit codes without tracebacks."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        app(args=argv, prog_name="agn", standalone_mode=False)
+        code = app(args=argv, prog_name="agn", standalone_mode=False)
+        if isinstance(code, int) and code:  # click returns a command's `typer.Exit(code)` without standalone mode
+            sys.exit(code)
     except AgnError as exc:
         if _debug_requested(argv):
             raise
