@@ -30,11 +30,9 @@ doi 10.5281/zenodo.1327317), licence CC BY 4.0.
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -128,21 +126,22 @@ def stage_train(work: Path, train: Path, dev: Path, stop_after: int | None = Non
 
 
 def _training_wall_time(run: Path) -> tuple[float, int]:
-    with open(run / "metrics.csv", newline="") as fh:
-        rows = list(csv.DictReader(fh))
+    """Seconds of training steps (validation excluded) and epochs done, from the run's metrics.csv."""
+    from agn_cli.train.run_state import read_metrics_csv
+
+    rows = read_metrics_csv(run / "metrics.csv")
     return sum(float(r["seconds"]) for r in rows), len(rows)
 
 
 def machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()}-core {model} CPU, no GPU"
+    import torch
+
+    from agn_cli.runtime.device import device_name
+    from agn_cli.runtime.fast import cpu_flags
+
+    flags = cpu_flags()
+    simd = "AVX-512" if any(f.startswith("avx512") for f in flags) else "AVX2, no AVX-512" if "avx2" in flags else "no AVX2"
+    return f"{device_name(torch.device('cpu'))}, {simd}, no GPU"
 
 
 def measure_folder(weights: Path, source: Path, masks: Path | None = None) -> dict:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from agn_cli.train.augment import AugmentConfig
 from agn_cli.train.run_state import read_metrics_csv
 from agn_cli.train.seg_trainer import SegTrainConfig, frame_labels, train_seg
 from agn_cli.train.toy import write_frame_seg_dataset, write_msd_dataset
+from tests.conftest import assert_same_run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,8 +49,8 @@ def _frame(data: Path, case: str) -> tuple[np.ndarray, np.ndarray]:
 def test_overfit_one_frame_reaches_dice_095(tmp_path):
     data = write_frame_seg_dataset(tmp_path / "one", n_cases=1, shape=(72, 96), seed=3)
     run = tmp_path / "run"
-    cfg = _cfg(data, run, epochs=1, steps_per_epoch=40, val_fraction=0.0, lr=1e-2, schedule="constant",
-               augment=AugmentConfig.off().to_dict())
+    cfg = _cfg(data, run, epochs=1, steps_per_epoch=60, val_fraction=0.0, lr=3e-3, schedule="constant",
+               augment=AugmentConfig.off().to_dict())  # 72x96 frames trained at 48x64, scored back at 72x96
     train_seg(cfg, progress=False)
     model, card = load_checkpoint(run)
     image, label = _frame(data, "head_000")
@@ -101,14 +101,7 @@ def test_resume_2d_continues_same_epoch_and_stream(heads, tmp_path):
     assert first["finished_epoch"] == 2
     second = train_seg(_cfg(heads, parts, **kw), resume=True, progress=False)
     assert second["started_at_epoch"] == 2
-    a = [r["train_loss"] for r in read_metrics_csv(full / "metrics.csv")]
-    b = [r["train_loss"] for r in read_metrics_csv(parts / "metrics.csv")]
-    assert len(a) == len(b) == 3
-    np.testing.assert_allclose(b, a, rtol=1e-5)
-    wa = torch.load(full / "latest_state.pt", weights_only=True)["model"]
-    wb = torch.load(parts / "latest_state.pt", weights_only=True)["model"]
-    for k in wa:
-        torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5)
+    assert_same_run(full, parts, epochs=3)
     assert load_checkpoint(parts)[1].patch_size == [48, 64]  # inference runs on the whole resized frame
 
 
