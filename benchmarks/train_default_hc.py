@@ -144,8 +144,8 @@ def machine() -> str:
     return f"{device_name(torch.device('cpu'))}, {simd}, no GPU"
 
 
-def measure_folder(weights: Path, source: Path, masks: Path | None = None) -> dict:
-    """HeadMeasurer over an HC18 folder exactly as `agn measure hc` runs it (decode included, THREADS threads):
+def measure_folder(weights: Path, source: Path, masks: Path | None = None, threads: int = THREADS) -> dict:
+    """HeadMeasurer over an HC18 folder exactly as `agn measure hc` runs it (decode included, `threads` threads):
     per-frame HC against the official CSV (metrics.biometry.evaluate_hc), Dice against the HC18 masks, frames/s."""
     import cv2
     import torch
@@ -156,7 +156,7 @@ def measure_folder(weights: Path, source: Path, masks: Path | None = None) -> di
     from agn_cli.us.frames import iter_frames
     from agn_cli.us.measure import HeadMeasurer, pixel_size_lookup
 
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(threads)
     table = read_hc18_table(source / "pixel_size_and_HC.csv")
     measurer = HeadMeasurer(weights, device="cpu")
     lookup = pixel_size_lookup(table={name: row.pixel_size_mm for name, row in table.items()})
@@ -173,19 +173,19 @@ def measure_folder(weights: Path, source: Path, masks: Path | None = None) -> di
             masks.mkdir(parents=True, exist_ok=True)
             cv2.imwrite(str(masks / f"{Path(r.path).stem}_mask.png"), np.asarray(r.mask, dtype=np.uint8) * 255)
     summary = evaluate_hc([r.to_dict() for r in results], source / "pixel_size_and_HC.csv")["summary"]
-    return {
-        "frames": len(results),
+    numbers = {
         "dice_mean": float(np.mean(dice)),
+        "dice_median": float(np.median(dice)),
         "dice_min": float(np.min(dice)),
         "hc_mean_abs_difference_mm": summary["mean_abs_difference_mm"],
         "hc_mean_difference_mm": summary["mean_difference_mm"],
         "hc_std_difference_mm": summary["std_difference_mm"],
         "hc_within_2mm": summary["within_2mm"],
         "hc_within_3mm": summary["within_3mm"],
-        "no_head_found": summary["frames"] - summary["measured"],
         "frames_per_s": len(results) / seconds,
-        "threads": THREADS,
     }
+    return {"frames": len(results), "no_head_found": summary["frames"] - summary["measured"], "threads": threads,
+            **{k: round(v, 4) for k, v in numbers.items()}}
 
 
 def stage_install(work: Path, out: Path, overwrite: bool, machine_text: str | None = None) -> Path:
@@ -228,15 +228,16 @@ def stage_install(work: Path, out: Path, overwrite: bool, machine_text: str | No
             f"intensity, noise and gamma augmentation; {seconds / 60:.0f} min of training on a "
             f"{machine_text or machine()} (shared with other jobs). The final checkpoint is shipped."
         ),
-        source="benchmarks/train_default_hc.py (HC18 -> nnU-Net 2D layout, agn train seg; recipe in the script)",
+        source=("python benchmarks/train_default_hc.py --work DIR (HC18 -> nnU-Net v2 2D layout, then agn train seg "
+                "with the recipe in the script, HC calibration on the training frames)"),
         citation=(
             f"{card.citation} Data: van den Heuvel TLA et al., PLoS ONE 13(8): e0200412, 2018, "
             "doi:10.1371/journal.pone.0200412 (HC18, CC BY 4.0)"
         ),
         notes=(
             "Limits: trained on trans-thalamic fetal head planes from one centre's scanners (HC18: Radboud "
-            "University Medical Center, Voluson E8 and 730 machines, all trimesters); other planes, other centres "
-            "or devices, and frames with annotations burnt in were not seen. The head mask is the filled outer-skull "
+            "University Medical Center, Nijmegen; GE Voluson E8 and 730 machines; all trimesters); other planes, "
+            "other centres and other devices were not seen. The head mask is the filled outer-skull "
             "ellipse; agn measure hc keeps its largest component and fits an ellipse to its outer boundary "
             "(Ramanujan perimeter), then adds postprocessing.hc_offset_mm, a constant calibrated on the TRAINING "
             "frames (the official HC values are slightly smaller than an ellipse fitted to the masks, about 0.78 mm "
@@ -270,6 +271,7 @@ def main() -> None:
     parser.add_argument("--stop-after", type=int, default=None, help="train: leave after N epochs (rerun to go on)")
     parser.add_argument("--machine", default=None, help="machine description for the model card")
     parser.add_argument("--overwrite", action="store_true", help="replace installed weights")
+    parser.add_argument("--threads", type=int, default=THREADS, help="--stage evaluate: torch threads for frames/s")
     args = parser.parse_args()
     work = args.work.expanduser().resolve()
     if work == ROOT or ROOT in work.parents:
@@ -282,7 +284,8 @@ def main() -> None:
     if args.stage in ("all", "install"):
         stage_install(work, args.output, args.overwrite, args.machine)
     if args.stage == "evaluate":
-        print(json.dumps(measure_folder(args.weights or args.output, DEV_SRC, work / "eval" / "dev_masks"), indent=2))
+        result = measure_folder(args.weights or args.output, DEV_SRC, work / "eval" / "dev_masks", args.threads)
+        print(json.dumps({**result, "machine": machine()}, indent=2))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from agn_cli.train.run_state import read_metrics_csv
 from agn_cli.train.seg_trainer import SegTrainConfig, frame_labels, train_seg
 from agn_cli.train.toy import write_frame_seg_dataset, write_msd_dataset
 from tests.conftest import assert_same_run
+from tests.test_train_seg import _free_port
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -103,6 +105,33 @@ def test_resume_2d_continues_same_epoch_and_stream(heads, tmp_path):
     assert second["started_at_epoch"] == 2
     assert_same_run(full, parts, epochs=3)
     assert load_checkpoint(parts)[1].patch_size == [48, 64]  # inference runs on the whole resized frame
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_match_one_process_2d(heads, tmp_path):
+    """torchrun with 2 CPU ranks x 1 frame == 1 process with 2 micro-batches of 1; --val-dataset under DDP."""
+    single, multi = tmp_path / "single", tmp_path / "multi"
+    val = write_frame_seg_dataset(tmp_path / "val", n_cases=3, shape=(72, 96), seed=9)
+    augment = AugmentConfig(rotation=15, scale=0.1, translation=0.05, flip_axes=(1,), intensity_scale=0.1,
+                            intensity_shift=0.1, noise_std=0.05).to_dict()
+    train_seg(_cfg(heads, single, epochs=2, accumulate=2, val_dataset=str(val), cache_dir=str(tmp_path / "c"),
+                   augment=augment), progress=False)
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+        f"--master_port={_free_port()}", "-m", "agn_cli", "train", "seg", str(heads), "-o", str(multi),
+        "--model", "attention-unet2d", "--base-filters", "4", "--size", "48x64", "--epochs", "2",
+        "--steps-per-epoch", "2", "--batch-size", "2", "--lr", "3e-3", "--val-dataset", str(val), "--device", "cpu",
+        "--rotation", "15", "--scale", "0.1", "--translation", "0.05", "--flip", "x", "--no-progress",
+        "--cache", str(tmp_path / "c"),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = read_metrics_csv(single / "metrics.csv"), read_metrics_csv(multi / "metrics.csv")
+    assert len(a) == len(b) == 2
+    np.testing.assert_allclose([r["train_loss"] for r in b], [r["train_loss"] for r in a], rtol=2e-4)
+    assert 0.0 <= b[-1]["val_dice_head"] <= 1.0  # the 3 validation frames were shared out over the ranks
+    assert "3 validation frames, validation on --val-dataset ToyHeads" in load_checkpoint(multi)[1].training_data
 
 
 def test_2d_settings_are_checked_before_training(heads, tmp_path):
