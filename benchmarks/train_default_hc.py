@@ -210,6 +210,10 @@ def stage_install(work: Path, out: Path, overwrite: bool, machine_text: str | No
     save_checkpoint(staging, model, calibrated, overwrite=True)
     print(f"hc_offset_mm {offset:+.3f}; evaluating on hc18-dev", flush=True)
     dev = measure_folder(staging, DEV_SRC)
+    # one thread as well: on a CPU shared with other jobs two OpenMP threads mostly spin-wait (measured: 4-6 frames/s
+    # with 2 threads against 13-18 with 1 under a load of 3-6), so both numbers say more than either
+    dev["frames_per_s_1_thread"] = measure_folder(staging, DEV_SRC, threads=1)["frames_per_s"]
+    dev["load_average_1min"] = round(os.getloadavg()[0], 2)
     size = "x".join(str(v) for v in card.preprocessing["size"])
     new = dataclasses.replace(
         calibrated,
