@@ -178,6 +178,7 @@ def _one_error(proc: subprocess.CompletedProcess) -> str:
     return errors[0]
 
 
+@pytest.mark.slow
 def test_data_check_2d(heads, tmp_path):
     ok = _data_check(heads)
     assert ok.returncode == 0, ok.stderr
