@@ -60,26 +60,30 @@ def write_msd_dataset(
     return root
 
 
+def _write_nnunet(root: Path, cases, write, ending: str, channel: str, labels: dict[str, int], name: str | None = None) -> Path:
+    """nnU-Net v2 layout from (case id, image, label) triples: imagesTr/CASE_0000<ending>, labelsTr/CASE<ending>."""
+    root = Path(root)
+    (root / "imagesTr").mkdir(parents=True, exist_ok=True)
+    (root / "labelsTr").mkdir(parents=True, exist_ok=True)
+    n = 0
+    for case_id, image, label in cases:
+        write(image, root / "imagesTr" / f"{case_id}_0000{ending}")
+        write(label, root / "labelsTr" / f"{case_id}{ending}")
+        n += 1
+    meta = {**({"name": name} if name else {}), "channel_names": {"0": channel}, "labels": labels, "numTraining": n,
+            "file_ending": ending}
+    (root / "dataset.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    return root
+
+
 def write_nnunet_dataset(
     root: Path, n_cases: int = 3, size: Sequence[int] = (32, 32, 32), spacing: Sequence[float] = (2.0, 2.0, 2.0), seed: int = 0
 ) -> Path:
     """nnU-Net v2 layout: imagesTr/CASE_0000.nii.gz, labelsTr/CASE.nii.gz, labels name -> id."""
-    root = Path(root)
-    (root / "imagesTr").mkdir(parents=True, exist_ok=True)
-    (root / "labelsTr").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    for i in range(n_cases):
-        image, label = blob_case(rng, size)
-        _write(image, root / "imagesTr" / f"toy_{i:03d}_0000.nii.gz", spacing)
-        _write(label, root / "labelsTr" / f"toy_{i:03d}.nii.gz", spacing)
-    meta = {
-        "channel_names": {"0": "CT"},
-        "labels": {"background": 0, "bright": 1, "dark": 2},
-        "numTraining": n_cases,
-        "file_ending": ".nii.gz",
-    }
-    (root / "dataset.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
-    return root
+    cases = ((f"toy_{i:03d}", *blob_case(rng, size)) for i in range(n_cases))
+    return _write_nnunet(root, cases, lambda a, path: _write(a, path, spacing), ".nii.gz", "CT",
+                         {"background": 0, "bright": 1, "dark": 2})
 
 
 def toy_frame(rng: np.random.Generator, cls: int, shape: Sequence[int] = (60, 80)) -> np.ndarray:
@@ -152,20 +156,7 @@ def write_frame_seg_dataset(root: Path, n_cases: int = 3, shape: Sequence[int] =
     """nnU-Net v2 2D layout: imagesTr/CASE_0000.png, labelsTr/CASE.png (ids 0/1), `file_ending` .png."""
     import cv2
 
-    root = Path(root)
-    (root / "imagesTr").mkdir(parents=True, exist_ok=True)
-    (root / "labelsTr").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    for i in range(n_cases):
-        image, label = head_frame(rng, shape)
-        cv2.imwrite(str(root / "imagesTr" / f"head_{i:03d}_0000.png"), image)
-        cv2.imwrite(str(root / "labelsTr" / f"head_{i:03d}.png"), label)
-    meta = {
-        "name": "ToyHeads",
-        "channel_names": {"0": "US"},
-        "labels": {"background": 0, "head": 1},
-        "numTraining": n_cases,
-        "file_ending": ".png",
-    }
-    (root / "dataset.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
-    return root
+    cases = ((f"head_{i:03d}", *head_frame(rng, shape)) for i in range(n_cases))
+    return _write_nnunet(root, cases, lambda a, path: cv2.imwrite(str(path), a), ".png", "US",
+                         {"background": 0, "head": 1}, name="ToyHeads")
