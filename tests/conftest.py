@@ -102,3 +102,20 @@ def require(path: Path) -> Path:
 def _seed_and_threads():
     torch.manual_seed(0)
     yield
+
+
+def assert_same_run(full: Path, parts: Path, epochs: int) -> None:
+    """An uninterrupted run folder and a stopped-and-resumed one: the same losses per epoch and the same weights."""
+    import numpy as np
+
+    from agn_cli.train.run_state import read_metrics_csv
+
+    a = [r["train_loss"] for r in read_metrics_csv(full / "metrics.csv")]
+    b = [r["train_loss"] for r in read_metrics_csv(parts / "metrics.csv")]
+    assert len(a) == len(b) == epochs
+    np.testing.assert_allclose(b, a, rtol=1e-5)
+    wa = torch.load(full / "latest_state.pt", weights_only=True)["model"]
+    wb = torch.load(parts / "latest_state.pt", weights_only=True)["model"]
+    assert set(wa) == set(wb)
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5)

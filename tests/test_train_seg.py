@@ -19,6 +19,7 @@ from agn_cli.train.run_state import read_metrics_csv
 from agn_cli.metrics.segmentation import dice_per_class
 from agn_cli.train.seg_trainer import SegTrainConfig, case_probabilities, train_seg
 from agn_cli.train.toy import write_msd_dataset
+from tests.conftest import assert_same_run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -150,14 +151,7 @@ def test_resume_continues_same_epoch_and_stream(msd, tmp_path):
     second = train_seg(_cfg(msd, parts, **kw), resume=True, progress=False)
     assert second["started_at_epoch"] == 2
     assert load_checkpoint(parts)[1].mirror_axes == [1]  # the card tells --tta which axes it may mirror
-    a = [r["train_loss"] for r in read_metrics_csv(full / "metrics.csv")]
-    b = [r["train_loss"] for r in read_metrics_csv(parts / "metrics.csv")]
-    assert len(a) == len(b) == 3
-    np.testing.assert_allclose(b, a, rtol=1e-5)
-    wa = torch.load(full / "latest_state.pt", weights_only=True)["model"]
-    wb = torch.load(parts / "latest_state.pt", weights_only=True)["model"]
-    for k in wa:
-        torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5)
+    assert_same_run(full, parts, epochs=3)
 
 
 def _free_port() -> int:

@@ -16,6 +16,7 @@ from agn_cli.errors import AgnError
 from agn_cli.runtime.parsing import parse_axes, parse_size
 
 app = typer.Typer(no_args_is_help=True)
+DEFAULT_FRAME_SIZE = "160x240"  # 2D --size: the default head model's input (HC18 frames are 540x800)
 
 
 # options both commands take, declared once
@@ -55,7 +56,7 @@ def session_options(command):
 
 @app.callback()
 def callback() -> None:
-    """Train a segmentation network (CT) or a plane classifier (ultrasound)."""
+    """Train a segmentation network (CT volumes or 2D frames) or a plane classifier (ultrasound)."""
 
 
 def _relaunch(gpus: int) -> bool:
@@ -78,17 +79,19 @@ def _relaunch(gpus: int) -> bool:
 @session_options
 def seg(
     ctx: typer.Context,
-    dataset: Path = typer.Argument(..., help="nnU-Net v2 or MSD dataset folder (dataset.json, imagesTr/, labelsTr/)."),
+    dataset: Path = typer.Argument(..., help="nnU-Net v2 or MSD dataset folder (dataset.json, imagesTr/, labelsTr/); PNG files: 2D."),
     output: Path = OUTPUT,
-    model: str = typer.Option("attention-unet3d", "--model", help="attention-unet3d or unet3d."),
+    model: str = typer.Option("attention-unet3d", "--model", help="attention-unet3d, unet3d (CT volumes); attention-unet2d, unet2d (2D frames)."),
     base_filters: int = typer.Option(16, "--base-filters", help="Filters of the first level (paper: 16)."),
     norm: str = typer.Option("batch", "--norm", help="batch (paper) or instance (per-patch statistics, as nnU-Net)."),
     epochs: int = EPOCHS,
     steps_per_epoch: int = typer.Option(250, "--steps-per-epoch", help="Optimiser steps per epoch."),
     batch_size: int = typer.Option(2, "--batch-size", help="Global batch per optimiser step, split across ranks."),
     accumulate: int = ACCUMULATE,
-    patch: str = typer.Option("160x160x96", "--patch", help="Patch size x,y,z in voxels; clipped to the smallest volume."),
-    spacing: str = typer.Option("2.0", "--spacing", help="Target spacing in mm: one number or XxYxZ."),
+    patch: Optional[str] = typer.Option(None, "--patch", help="Patch size XxYxZ in voxels (default 160x160x96); 2D: ROWSxCOLS within --size (default: the whole frame)."),
+    spacing: str = typer.Option("2.0", "--spacing", help="Target spacing in mm: one number or XxYxZ (3D)."),
+    size: str = typer.Option(DEFAULT_FRAME_SIZE, "--size", help="2D: ROWSxCOLS every frame is resized to (the network input)."),
+    val_dataset: Optional[Path] = typer.Option(None, "--val-dataset", help="Validate on this dataset (same labels) and train on all of DATASET."),
     optimizer: str = typer.Option("adam", "--optimizer", help="adam (paper) or sgd (Nesterov, momentum 0.9)."),
     lr: float = typer.Option(1e-4, "--lr", help="Learning rate (paper: 1e-4 with Adam)."),
     weight_decay: float = WEIGHT_DECAY,
@@ -103,7 +106,7 @@ def seg(
     scale: float = typer.Option(0.1, "--scale", help="Max relative zoom (0: off)."),
     translation: float = typer.Option(0.05, "--translation", help="Max shift as a fraction of the patch (0: off)."),
     p_affine: float = typer.Option(0.5, "--p-affine", help="Probability of the random affine."),
-    flip: str = typer.Option("none", "--flip", help="Axes to flip at random: none or e.g. 'x,y' (x swaps left/right organs!)."),
+    flip: str = typer.Option("none", "--flip", help="Axes to flip at random: none or e.g. 'x,y' (x swaps left/right organs!; 2D: x = left-right)."),
     intensity: float = typer.Option(0.1, "--intensity", help="Intensity jitter: gain and shift range (0: off)."),
     noise: float = typer.Option(0.05, "--noise", help="Max std of added Gaussian noise (0: off)."),
     p_blur: float = typer.Option(0.0, "--p-blur", help="Probability of a Gaussian blur, sigma 0.5-1 voxel (nnU-Net: 0.2)."),
@@ -117,26 +120,33 @@ def seg(
     folds: int = typer.Option(5, "--folds"),
     **run: Any,
 ) -> None:
-    """Train Attention U-Net / U-Net 3D on CT; `agn segment --weights RUN` then uses the best checkpoint."""
+    """Train Attention U-Net / U-Net 3D on CT or 2D on frames (PNG); `agn segment` / `agn measure hc --weights RUN` use it."""
     if _relaunch(run["gpus"]):
         return
     limit_threads(run["threads"])
     from agn_cli.train.augment import AugmentConfig
-    from agn_cli.train.seg_trainer import SegTrainConfig, train_seg
+    from agn_cli.train.seg_trainer import SegTrainConfig, seg_model_dims, train_seg
 
     if loss not in ("dice", "dice+ce"):
         raise AgnError(f"--loss '{loss}' must be dice or dice+ce")
     for name, value in (("--p-blur", p_blur), ("--p-lowres", p_lowres), ("--p-gamma", p_gamma)):
         if not 0.0 <= value <= 1.0:
             raise AgnError(f"{name} {value:g} is a probability: give a value from 0 to 1")
+    dims = seg_model_dims(model)
+    frame_size = parse_size(size, 2, what="--size") if dims == 2 else None
+    if patch is None:
+        patch_size = frame_size if dims == 2 else (160, 160, 96)
+    else:
+        patch_size = parse_size(patch, dims, what="--patch")
     same = ("p_affine", "rotation", "scale", "translation", "p_blur", "p_lowres", "p_gamma")
     aug = AugmentConfig.off() if no_augment else AugmentConfig(
-        **{k: ctx.params[k] for k in same}, flip_axes=parse_axes(flip), intensity_scale=intensity,
+        **{k: ctx.params[k] for k in same}, flip_axes=parse_axes(flip, frames=dims == 2), intensity_scale=intensity,
         intensity_shift=intensity, noise_std=noise,
     )
-    _train(ctx, SegTrainConfig, train_seg, "segment", aug, patch=parse_size(patch, 3, what="--patch"),
-           spacing=parse_size(spacing, 3, what="--spacing", cast=float, example="2x2x2"), ce_weight=1.0 if loss == "dice+ce" else 0.0,
-           p_foreground=fg_oversample)
+    val = str(Path(val_dataset).expanduser().resolve()) if val_dataset else None
+    _train(ctx, SegTrainConfig, train_seg, "segment", aug, patch=patch_size, size=frame_size, val_dataset=val,
+           spacing=parse_size(spacing, 3, what="--spacing", cast=float, example="2x2x2"),
+           ce_weight=1.0 if loss == "dice+ce" else 0.0, p_foreground=fg_oversample)
 
 
 def _train(ctx: typer.Context, config_class, train, command: str, augment, **parsed) -> None:

@@ -15,6 +15,7 @@ from agn_cli.errors import AgnError
 
 SIZE_EXAMPLES = {1: "96", 2: "224x288", 3: "160x160x96"}
 _SIZE_SEPARATOR = re.compile(r"\s*[x×,]\s*|\s+")
+_FRAME_AXES = {"x": 1, "y": 0}
 _AXES = {"x": 0, "y": 1, "z": 2, "0": 0, "1": 1, "2": 2}
 MAX_LABEL_ID = 255  # agn writes uint8 label maps
 
@@ -49,15 +50,20 @@ def parse_size(
     return values
 
 
-def parse_axes(text: str, what: str = "--flip") -> tuple[int, ...]:
-    """'x,z' -> (0, 2); 'none' or '' -> (); axes may also be given as 0, 1, 2. Sorted, each once."""
+def parse_axes(text: str, what: str = "--flip", frames: bool = False) -> tuple[int, ...]:
+    """'x,z' -> (0, 2); 'none' or '' -> (); axes may also be given as 0, 1, 2. Sorted, each once.
+
+    Volumes are indexed (x, y, z); 2D frames (`frames=True`) are (rows, cols) arrays, so x (left-right) is axis 1
+    and y (up-down) axis 0."""
     text = (text or "").strip().lower()
     if text in ("", "none"):
         return ()
+    names = _FRAME_AXES if frames else _AXES
     try:
-        return tuple(sorted({_AXES[t.strip()] for t in text.split(",")}))
+        return tuple(sorted({names[t.strip()] for t in text.split(",")}))
     except KeyError:
-        raise AgnError(f"{what} '{text}' must be none or a comma list of x, y, z") from None
+        allowed = "x (left-right) and y (up-down) for 2D frames" if frames else "x, y, z"
+        raise AgnError(f"{what} '{text}' must be none or a comma list of {allowed}") from None
 
 
 def parse_labels(text: str, background: bool, what: str = "--labels") -> dict[int, str]:

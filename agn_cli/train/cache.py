@@ -2,10 +2,12 @@
 
 Each case goes through the same functions inference uses (`to_canonical`, `resample_to_spacing`, `array_xyz`), then
 its resampled HU array, label array, foreground locations and a random sample of foreground intensities are stored.
+A 2D frame goes through `preprocess_frame` with the model card's `preprocessing` (grey, resize to the network input,
+z-score), as `agn measure` prepares frames, and its label is resized by nearest neighbour (pixel centres aligned).
 The CT normalisation (clip to the 0.5/99.5 percentiles of foreground voxels, z-score with the clipped foreground
 mean/std) is computed over the training cases only and applied per patch with `normalise_ct`, exactly as
-`agn segment` applies it to whole volumes. Entries are keyed by file size, mtime and spacing, so an edited case is
-redone; writes are atomic, so a killed run never leaves a half-written array behind.
+`agn segment` applies it to whole volumes. Entries are keyed by file size, mtime and spacing (or preprocessing), so an
+edited case is redone; writes are atomic, so a killed run never leaves a half-written array behind.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Collection, Sequence
+from typing import Callable, Collection, Sequence, Union
 
 import numpy as np
 
@@ -30,9 +32,9 @@ FG_SAMPLES_PER_CASE = 100_000
 @dataclass
 class CachedCase:
     case_id: str
-    image_path: Path  # float32 (x, y, z) HU after resampling
-    label_path: Path  # uint8 (x, y, z)
-    locations_path: Path  # npz: class id -> (k, 3) foreground voxels
+    image_path: Path  # float32 (x, y, z) HU after resampling; frames: float32 (rows, cols), normalised
+    label_path: Path  # uint8 (x, y, z); frames (rows, cols)
+    locations_path: Path  # npz: class id -> (k, dims) foreground voxels
     fg_values_path: Path  # float32 sample of foreground intensities
     shape: tuple[int, ...]
 
@@ -47,9 +49,15 @@ class CachedCase:
             return {int(k): data[k] for k in data.files}
 
 
-def _key(case: Case, spacing: Sequence[float]) -> str:
+Settings = Union[Sequence[float], dict]  # target spacing (volumes) or the card's preprocessing (frames)
+
+
+def _key(case: Case, settings: Settings) -> str:
     digest = hashlib.sha1()
-    digest.update(f"v{CACHE_VERSION};{[round(float(s), 6) for s in spacing]}".encode())
+    if isinstance(settings, dict):
+        digest.update(f"v{CACHE_VERSION};{json.dumps(settings, sort_keys=True)}".encode())
+    else:
+        digest.update(f"v{CACHE_VERSION};{[round(float(s), 6) for s in settings]}".encode())
     for path in [*case.images, case.label]:
         st = path.stat()
         digest.update(f";{path.resolve()};{st.st_size};{st.st_mtime_ns}".encode())
@@ -95,10 +103,33 @@ def preprocess_case(case: Case, spacing: Sequence[float], labels: Collection[int
     return {"image": img, "label": lab, "fg": fg.astype(np.float32), "locations": foreground_locations(lab, rng)}
 
 
+def preprocess_frame_case(case: Case, preprocessing: dict, labels: Collection[int], seed: int = 0) -> dict[str, np.ndarray]:
+    """`check_case`, then the frame through `preprocess_frame` (what inference does) and the label resized to the same
+    (rows, cols) by nearest neighbour with pixel centres aligned (cv2.INTER_NEAREST_EXACT; plain INTER_NEAREST is
+    shifted by up to one source pixel)."""
+    import cv2
+
+    from agn_cli.us.preprocess import preprocess_frame
+
+    if len(case.images) != 1:
+        raise AgnError(f"case {case.case_id} has {len(case.images)} channels; agn train seg supports single-channel images")
+    checked = check_case(case, labels)
+    if checked.problems:
+        raise AgnError(f"{checked.problems[0]} (run 'agn data check' on the dataset for all problems)")
+    img = preprocess_frame(checked.image, preprocessing, crop="none")
+    label = np.asarray(checked.label)
+    if label.max(initial=0) > 255:
+        raise AgnError(f"{case.label} has label ids above 255; agn train seg stores at most 256 classes")
+    rows, cols = img.shape
+    lab = cv2.resize(label.astype(np.uint8), (cols, rows), interpolation=cv2.INTER_NEAREST_EXACT)
+    rng = np.random.default_rng(seed)
+    return {"image": img, "label": lab, "fg": np.zeros(0, np.float32), "locations": foreground_locations(lab, rng)}
+
+
 def cache_cases(
     cases: Sequence[Case],
     cache_dir: Path,
-    spacing: Sequence[float],
+    spacing: Settings,
     labels: Collection[int],
     rank: int = 0,
     world_size: int = 1,
@@ -106,6 +137,7 @@ def cache_cases(
 ) -> list[CachedCase]:
     """Preprocess what is not cached yet (cases shared out across ranks) and return every case's entry.
 
+    `spacing`: the target spacing of volumes, or for frames the card's `preprocessing` dict.
     Callers under DDP must barrier between this call on all ranks and using the entries; `load_cached` re-reads.
     """
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -118,20 +150,24 @@ def cache_cases(
             continue
         if on_case:
             on_case(case.case_id)
-        arrays = preprocess_case(case, spacing, labels, seed=i)
+        if isinstance(spacing, dict):
+            arrays = preprocess_frame_case(case, spacing, labels, seed=i)
+        else:
+            arrays = preprocess_case(case, spacing, labels, seed=i)
         _save_npy(paths["image"], arrays["image"])
         _save_npy(paths["label"], arrays["label"])
         _save_npy(paths["fg"], arrays["fg"])
         with atomic_path(paths["locations"], overwrite=True) as tmp:
             with open(tmp, "wb") as fh:
                 np.savez(fh, **{str(k): v for k, v in arrays["locations"].items()})
-        meta = {"case_id": case.case_id, "shape": list(arrays["image"].shape), "spacing": list(spacing), "version": CACHE_VERSION}
+        settings = spacing if isinstance(spacing, dict) else list(spacing)
+        meta = {"case_id": case.case_id, "shape": list(arrays["image"].shape), "spacing": settings, "version": CACHE_VERSION}
         with atomic_path(paths["meta"], overwrite=True) as tmp:  # written last: marks the entry complete
             tmp.write_text(json.dumps(meta), encoding="utf-8")
     return [load_cached(case, cache_dir, spacing) for case in cases] if world_size == 1 else []
 
 
-def load_cached(case: Case, cache_dir: Path, spacing: Sequence[float]) -> CachedCase:
+def load_cached(case: Case, cache_dir: Path, spacing: Settings) -> CachedCase:
     key = _key(case, spacing)
     paths = _paths(cache_dir, case, key)
     try:

@@ -1,12 +1,14 @@
 """Segmentation datasets in the layouts researchers already have: nnU-Net v2 and the Medical Segmentation Decathlon.
 
 nnU-Net v2: `dataset.json` with `channel_names`, `labels` (name -> id) and `file_ending`; images
-`imagesTr/CASE_0000<ending>` (one file per channel), labels `labelsTr/CASE<ending>`.
+`imagesTr/CASE_0000<ending>` (one file per channel), labels `labelsTr/CASE<ending>`. A 2D image ending (`.png`,
+`.bmp`, `.tif`, as nnU-Net's natural-image reader) makes a dataset of 2D frames: images read as `agn measure` and
+`agn classify` read frames, labels as single-channel integer images on the image's pixel grid.
 MSD: `dataset.json` with `modality`, `labels` (id -> name) and a `training` list of {image, label} paths; files whose
 names start with `.` or `_` (macOS resource forks shipped in the MSD tarballs) are ignored.
 
-`check_case` is the one validation of an image/label pair (readable and complete files, one grid, integer label ids
-declared in dataset.json): `agn data check` runs it on every case, `agn train seg` on every case before caching it.
+`check_case` is the one validation of an image/label pair (readable and complete files, one grid or one frame size,
+integer label ids declared in dataset.json): `agn data check` runs it on every case, `agn train seg` on every case before caching it.
 Paths in an MSD `training` list must stay inside the dataset folder.
 """
 
@@ -19,12 +21,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Collection
 
+import cv2
 import numpy as np
 import SimpleITK as sitk
 
 from agn_cli.ct.labels import check_label_values, label_array, read_label_map
 from agn_cli.ct.volume import read_volume
 from agn_cli.errors import AgnError
+
+# nnU-Net v2's 2D natural-image endings: a dataset with one of these holds 2D frames, not volumes
+FRAME_ENDINGS = (".png", ".bmp", ".tif", ".tiff")
 
 
 @dataclass
@@ -45,6 +51,11 @@ class SegDataset:
     file_ending: str = ".nii.gz"
     problems: list[str] = field(default_factory=list)  # layout problems found while listing (missing files, ...)
 
+    @property
+    def dims(self) -> int:
+        """2 for a dataset of frames (PNG, BMP, TIFF), 3 for volumes."""
+        return 2 if self.file_ending.lower() in FRAME_ENDINGS else 3
+
     def summary(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -53,6 +64,7 @@ class SegDataset:
             "cases": len(self.cases),
             "labels": {str(k): v for k, v in sorted(self.labels.items())},
             "channels": {str(k): v for k, v in sorted(self.channels.items())},
+            "dims": self.dims,
         }
 
 
@@ -232,11 +244,58 @@ class CheckReport:
 
 @dataclass
 class CaseCheck:
-    """The problems of one case and, when it was read and has none, its image (first channel) and label map."""
+    """The problems of one case and, when it was read and has none, its image (first channel) and label map:
+    SimpleITK images for volumes, arrays for frames (image (rows, cols[, 3]) as `read_frames` gives it, label
+    (rows, cols) integers)."""
 
     problems: list[str]
-    image: sitk.Image | None = None
-    label: sitk.Image | None = None
+    image: sitk.Image | np.ndarray | None = None
+    label: sitk.Image | np.ndarray | None = None
+
+
+def read_label_frame(path: Path) -> np.ndarray:
+    """A 2D label image (PNG, BMP, TIFF) as (rows, cols) integers, exactly as stored; AgnError naming the fix."""
+    data = np.fromfile(path, dtype=np.uint8) if path.is_file() else np.zeros(0, np.uint8)
+    label = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if label is None:
+        raise AgnError(f"{path} is not a readable image (corrupt or unsupported); re-export the label")
+    if label.ndim == 3:
+        raise AgnError(f"{path} has {label.shape[2]} channels; store the label as a single-channel (grey) image of ids")
+    if not np.issubdtype(label.dtype, np.integer):
+        raise AgnError(f"{path} holds {label.dtype} values; a label image holds integer class ids")
+    return label
+
+
+def _check_frame_case(case: Case, labels: Collection[int], read: bool) -> CaseCheck:
+    """`check_case` for frames: readable single-frame images, the label the image's size, declared label ids."""
+    from agn_cli.us.frames import FrameReadError, read_frames
+
+    images = []
+    try:
+        for path in case.images:
+            frames = read_frames(path)
+            images.append(next(frames).image)
+            if next(frames, None) is not None:
+                return CaseCheck([f"{path} holds more than one frame; store one 2D image per file"])
+        label = read_label_frame(case.label)
+    except FrameReadError as exc:
+        return CaseCheck([f"{exc}; re-export it"])
+    except AgnError as exc:  # the label's own message names the fix
+        return CaseCheck([str(exc)])
+    problems = [
+        f"{case.label} is {label.shape[0]}x{label.shape[1]} pixels but {path} is {image.shape[0]}x{image.shape[1]}; "
+        "make the label the image's size (nearest-neighbour resize)"
+        for path, image in zip(case.images, images)
+        if image.shape[:2] != label.shape
+    ]
+    if problems:
+        return CaseCheck(problems)
+    if read:
+        try:
+            check_label_values(label, labels, str(case.label))
+        except AgnError as exc:
+            return CaseCheck([str(exc)])
+    return CaseCheck([], images[0], label)
 
 
 def check_case(case: Case, labels: Collection[int], read: bool = True, tolerance: float = 1e-3) -> CaseCheck:
@@ -246,7 +305,10 @@ def check_case(case: Case, labels: Collection[int], read: bool = True, tolerance
     `tolerance`). With `read` (the default) the files are read whole through `agn_cli.ct` (truncated or corrupt
     files refused) and the label map's values must be integer ids declared in dataset.json; the images read are
     returned so training does not read them twice. `agn data check`, `agn train seg` and their tests use this.
+    Frames (2D endings) are always read whole (they have no separate header); `read` then decides the value check.
     """
+    if case.label.name.lower().endswith(FRAME_ENDINGS):
+        return _check_frame_case(case, labels, read)
     files = [*case.images, case.label]
     try:
         geoms = [_geometry(p) for p in files]
@@ -291,7 +353,7 @@ def check_dataset(root: str | Path, read_labels: bool = True, tolerance: float =
         return CheckReport(None, [str(exc)], [])
     errors, warnings = list(ds.problems), []
     if len(ds.channels) > 1:
-        warnings.append(f"{len(ds.channels)} channels in dataset.json; agn train seg uses single-channel CT only")
+        warnings.append(f"{len(ds.channels)} channels in dataset.json; agn train seg uses single-channel images only")
     data = json.loads((ds.root / "dataset.json").read_text(encoding="utf-8"))
     declared = data.get("numTraining")
     if isinstance(declared, int) and declared != len(ds.cases) + len(ds.problems):

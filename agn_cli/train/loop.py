@@ -112,10 +112,12 @@ def run_training(
     """
     ctx = D.setup(cfg.device)
     previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    fill = torch.utils.deterministic.fill_uninitialized_memory
     try:
         return _run(task, cfg, ctx, resume, overwrite, progress, log or (lambda m: None), stop_after)
     finally:
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+        torch.utils.deterministic.fill_uninitialized_memory = fill
         ctx.shutdown()
 
 

@@ -65,20 +65,30 @@ def write_msd_dataset(
     return root
 
 
+def _write_nnunet(root: Path, cases, write, ending: str, channel: str, labels: dict[str, int], name: str | None = None) -> Path:
+    """nnU-Net v2 layout from (case id, image, label) triples: imagesTr/CASE_0000<ending>, labelsTr/CASE<ending>."""
+    root = Path(root)
+    (root / "imagesTr").mkdir(parents=True, exist_ok=True)
+    (root / "labelsTr").mkdir(parents=True, exist_ok=True)
+    n = 0
+    for case_id, image, label in cases:
+        write(image, root / "imagesTr" / f"{case_id}_0000{ending}")
+        write(label, root / "labelsTr" / f"{case_id}{ending}")
+        n += 1
+    meta = {**({"name": name} if name else {}), "channel_names": {"0": channel}, "labels": labels, "numTraining": n,
+            "file_ending": ending}
+    (root / "dataset.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    return root
+
+
 def write_nnunet_dataset(
     root: Path, n_cases: int = 3, size: Sequence[int] = (32, 32, 32), spacing: Sequence[float] = (2.0, 2.0, 2.0), seed: int = 0
 ) -> Path:
     """nnU-Net v2 layout: imagesTr/CASE_0000.nii.gz, labelsTr/CASE.nii.gz, labels name -> id."""
-    root = Path(root)
-    _write_cases(root, n_cases, size, spacing, seed, "_0000")
-    meta = {
-        "channel_names": {"0": "CT"},
-        "labels": {"background": 0, "bright": 1, "dark": 2},
-        "numTraining": n_cases,
-        "file_ending": ".nii.gz",
-    }
-    (root / "dataset.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
-    return root
+    rng = np.random.default_rng(seed)
+    cases = ((f"toy_{i:03d}", *blob_case(rng, size)) for i in range(n_cases))
+    return _write_nnunet(root, cases, lambda a, path: _write(a, path, spacing), ".nii.gz", "CT",
+                         {"background": 0, "bright": 1, "dark": 2})
 
 
 def toy_frame(rng: np.random.Generator, cls: int, shape: Sequence[int] = (60, 80)) -> np.ndarray:
@@ -126,3 +136,32 @@ def write_fetal_planes_db(root: Path, per_class: int = 4, seed: int = 0) -> Path
             k += 1
     (Path(root) / "FETAL_PLANES_DB_data.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return Path(root)
+
+
+def head_frame(rng: np.random.Generator, shape: Sequence[int] = (96, 128)) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 grey frame, uint8 label 0/1): a bright-rimmed filled ellipse ('head') at a random place, size and angle
+    on speckle-like noise, as a stand-in for an HC18 frame and its head mask."""
+    import cv2
+
+    rows, cols = shape
+    frame = rng.normal(50, 18, (rows, cols))
+    label = np.zeros((rows, cols), np.uint8)
+    centre = (int(cols * rng.uniform(0.4, 0.6)), int(rows * rng.uniform(0.4, 0.6)))
+    axes = (int(cols * rng.uniform(0.22, 0.3)), int(rows * rng.uniform(0.22, 0.3)))
+    angle = float(rng.uniform(-30, 30))
+    cv2.ellipse(label, centre, axes, angle, 0, 360, 1, thickness=-1)
+    rim = np.zeros_like(label)
+    cv2.ellipse(rim, centre, axes, angle, 0, 360, 1, thickness=max(2, rows // 24))
+    frame[label > 0] += 25
+    frame[rim > 0] += 110
+    return np.clip(frame, 0, 255).astype(np.uint8), label
+
+
+def write_frame_seg_dataset(root: Path, n_cases: int = 3, shape: Sequence[int] = (96, 128), seed: int = 0) -> Path:
+    """nnU-Net v2 2D layout: imagesTr/CASE_0000.png, labelsTr/CASE.png (ids 0/1), `file_ending` .png."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    cases = ((f"head_{i:03d}", *head_frame(rng, shape)) for i in range(n_cases))
+    return _write_nnunet(root, cases, lambda a, path: cv2.imwrite(str(path), a), ".png", "US",
+                         {"background": 0, "head": 1}, name="ToyHeads")

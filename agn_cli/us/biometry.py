@@ -60,13 +60,14 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return components == int(np.argmax(sizes))
 
 
-def fit_head_ellipse(mask: np.ndarray) -> Ellipse | None:
+def fit_head_ellipse(mask: np.ndarray, largest_only: bool = True) -> Ellipse | None:
     """Least-squares ellipse through the outer boundary of the largest component; None if there is no usable head.
 
     Boundary points on the image border are left out: where the field of view cuts the skull, the border is not the
-    skull, and fitting only the visible arc still recovers the ellipse.
+    skull, and fitting only the visible arc still recovers the ellipse. `largest_only=False` skips the component
+    search for a mask that is already one component.
     """
-    head = largest_component(mask)
+    head = largest_component(mask) if largest_only else np.asarray(mask) > 0
     if not head.any():
         return None
     contours, _ = cv2.findContours(head.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)

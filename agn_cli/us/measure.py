@@ -23,7 +23,7 @@ from agn_cli.errors import AgnError
 from agn_cli.runtime.checkpoint import ModelCard, find_default_weights, load_checkpoint
 from agn_cli.us.biometry import Ellipse, fit_head_ellipse, head_circumference_mm, largest_component
 from agn_cli.us.frames import Frame, kind_of
-from agn_cli.us.preprocess import preprocess_frame
+from agn_cli.us.frame_segmentation import network_probabilities, to_frame
 from agn_cli.viz.frames import draw_ellipse, overlay_frame
 
 # Heads smaller than this share of the frame are not measured: a speck is not a fetal head.
@@ -127,10 +127,8 @@ class HeadMeasurer:
     @torch.no_grad()
     def probabilities(self, images: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
         """Head probability (N, rows, cols) at network size, and the mean attention map of the finest gate."""
-        batch = np.stack([preprocess_frame(image, self.preprocessing, crop="none") for image in images])
-        x = torch.from_numpy(batch)[:, None].to(self.device)
-        logits, attention = self.model(x, return_attention=True)
-        probs = torch.softmax(logits.float(), dim=1)[:, self.head_class].cpu().numpy()
+        probs, attention = network_probabilities(self.model, images, self.preprocessing, self.device)
+        probs = probs[:, self.head_class]
         maps = []
         if attention:
             finest = attention[min(attention)]  # "level2": the finest gated skip
@@ -142,8 +140,8 @@ class HeadMeasurer:
         results = []
         for i, (frame, pixel_size) in enumerate(zip(frames, pixel_sizes)):
             rows, cols = frame.image.shape[:2]
-            prob = cv2.resize(probs[i], (cols, rows), interpolation=cv2.INTER_LINEAR)
-            attention = cv2.resize(maps[i], (cols, rows), interpolation=cv2.INTER_LINEAR) if maps else None
+            prob = to_frame(probs[i], (rows, cols))
+            attention = to_frame(maps[i], (rows, cols)) if maps else None
             results.append(self._from_probability(frame, prob, pixel_size, attention))
         return results
 
@@ -158,7 +156,7 @@ class HeadMeasurer:
             result.reason = "no head found (the segmented head covers under 0.5 % of the frame)"
             return result
         result.quality["mean_probability"] = float(prob[head].mean())
-        ellipse = fit_head_ellipse(head)
+        ellipse = fit_head_ellipse(head, largest_only=False)
         if ellipse is None:
             result.reason = "no ellipse could be fitted to the head boundary"
             return result
@@ -278,7 +276,7 @@ def measure_hc(
     results: list[HeadMeasurement] = []
     names: set[str] = set()
     start = time.perf_counter()
-    for frame, result in _with_frames(measurer, iter_frames(inputs, every, on_error=report), pixel_size, batch_size):
+    for frame, result in measure_frames(measurer, iter_frames(inputs, every, on_error=report), pixel_size, batch_size):
         stem = _frame_stem(frame)
         while stem.lower() in names:  # two inputs with one name in different folders
             stem += "-2"
@@ -321,10 +319,11 @@ def measure_hc(
     return payload
 
 
-def _with_frames(
+def measure_frames(
     measurer: HeadMeasurer, frames: Iterable[Frame], pixel_size: Callable[[Frame], float | None], batch_size: int
 ) -> Iterator[tuple[Frame, HeadMeasurement]]:
-    """(frame, result) pairs in input order; frames of one size share a forward pass."""
+    """(frame, result) pairs in input order; frames of one size share a forward pass. Results keep their mask and
+    attention map (the caller drops them when done)."""
     chunk: list[Frame] = []
     for frame in frames:
         if chunk and (len(chunk) >= batch_size or frame.image.shape[:2] != chunk[0].image.shape[:2]):
