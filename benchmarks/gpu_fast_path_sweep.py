@@ -24,8 +24,8 @@ import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 from agn_cli.apps.bench import _loss, _train_step_fn  # noqa: E402
-from agn_cli.runtime.fast import prepare_model  # noqa: E402
 from agn_cli.models import create_model  # noqa: E402
+from agn_cli.runtime.fast import prepare_model  # noqa: E402
 
 DEVICE = sys.argv[1] if len(sys.argv) > 1 else "cuda"
 SIZE = tuple(int(v) for v in (sys.argv[2] if len(sys.argv) > 2 else "160x160x96").split("x"))

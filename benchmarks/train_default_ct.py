@@ -181,8 +181,8 @@ def stage_evaluate_model(model, card) -> dict | None:
     import SimpleITK as sitk
     import torch
 
-    from agn_cli.metrics.segmentation import evaluate_segmentation
     from agn_cli.ct.segmenter import Segmenter, SegmentOptions
+    from agn_cli.metrics.segmentation import evaluate_segmentation
 
     shared = Path(os.environ.get("AGN_SHARED", ROOT.parent / "shared"))
     folder = shared / "data" / "ct" / "totalseg-example"

@@ -8,10 +8,10 @@ import stat
 import pytest
 import torch
 
-from agn_cli.runtime.checkpoint import ModelCard, load_checkpoint, save_checkpoint
 from agn_cli.errors import AgnError
-from agn_cli.runtime.atomic import atomic_path, write_text_atomic
 from agn_cli.models import create_model
+from agn_cli.runtime.atomic import atomic_path, write_text_atomic
+from agn_cli.runtime.checkpoint import ModelCard, load_checkpoint, save_checkpoint
 
 
 def _card() -> ModelCard:
@@ -77,9 +77,9 @@ def test_weights_that_do_not_fit_their_card_are_refused(tmp_path):
 
 @pytest.mark.slow
 def test_weights_that_do_not_fit_their_card_are_one_line_exit_2(tmp_path):
+    from agn_cli.ct.volume import write_volume
     from tests.conftest import run_agn
     from tests.test_segment import synthetic_ct
-    from agn_cli.ct.volume import write_volume
 
     weights = _edited_card(tmp_path, model_kwargs={"in_channels": 1, "num_classes": 3, "base_filters": 8})
     code, _, stderr = run_agn("weights", "verify", weights)

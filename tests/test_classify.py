@@ -14,7 +14,6 @@ from agn_cli.errors import AgnError
 from agn_cli.us.preprocess import SONONET_PREPROCESSING, crop_window, frame_geometry, parse_crop, preprocess_frame
 from tests.conftest import require, run_agn, run_agn_here
 
-
 _agn = run_agn
 _agn_here = run_agn_here
 
@@ -127,10 +126,10 @@ def test_bad_inputs(frames_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixt
 
 def test_gated_model_boxes_from_both_gates(tmp_path: Path, frames_dir: Path) -> None:
     """AG-Sononet checkpoints localise from their stage-3/stage-4 gates (no CAM)."""
+    from agn_cli.models import create_model
     from agn_cli.runtime.checkpoint import ModelCard, save_checkpoint
     from agn_cli.us.classifier import Classifier
     from agn_cli.us.frames import iter_frames
-    from agn_cli.models import create_model
 
     model = create_model("ag-sononet-8", num_classes=3)
     card = ModelCard(architecture="ag-sononet-8", model_kwargs={"base_filters": 8, "num_classes": 3},

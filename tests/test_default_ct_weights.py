@@ -58,7 +58,8 @@ def test_default_lookup_keeps_the_classifier():
 @pytest.mark.slow
 def test_segment_phantom_without_weights(tmp_path):
     """No --weights: one-line notice, a mask on the input's exact grid with the card's ids, liver found."""
-    from agn_cli.synth.ct_phantom import LABELS as PHANTOM, generate_ct_case
+    from agn_cli.synth.ct_phantom import LABELS as PHANTOM
+    from agn_cli.synth.ct_phantom import generate_ct_case
 
     image, label = generate_ct_case(np.random.default_rng([2024, 1]), resolution=64, direction="ras", contrast="none")
     scan = tmp_path / "phantom.nii.gz"

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
+from agn_cli.models import create_model
 from agn_cli.runtime import fast as fastmod
 from agn_cli.runtime.fast import FastModel, fold_batchnorm, prepare_model, resolve_options
-from agn_cli.models import create_model
 
 # Stated tolerances (README): attention maps max |fast - eager| <= ATT_REL * max |eager| (bf16) and 1e-4 * that in fp32.
 ATT_REL_BF16 = 0.02

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from agn_cli.errors import AgnError
 from agn_cli.ct.volume import (
     Geometry,
     array_xyz,
@@ -20,6 +19,7 @@ from agn_cli.ct.volume import (
     volume_stem,
     write_volume,
 )
+from agn_cli.errors import AgnError
 from tests.conftest import require
 
 CT_DIR = "data/ct/totalseg-example"

@@ -9,10 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from agn_cli.us.preprocess import FrameGeometry
 from agn_cli.us.localisation import LocalisationParams, box_iou, localisation_table, localise, mask_box
+from agn_cli.us.preprocess import FrameGeometry
 from tests.conftest import require, run_agn, run_agn_here
-
 
 _agn = run_agn
 _agn_here = run_agn_here

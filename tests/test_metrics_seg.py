@@ -10,8 +10,8 @@ import SimpleITK as sitk
 from scipy import ndimage
 from scipy.spatial.distance import cdist
 
-from agn_cli.errors import AgnError
 from agn_cli.ct.labels import read_label_map
+from agn_cli.errors import AgnError
 from agn_cli.metrics import segmentation as S
 
 

@@ -6,9 +6,6 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from agn_cli.runtime.checkpoint import ModelCard
-from agn_cli.errors import AgnError
-from agn_cli.ct.volume import Geometry, array_xyz, image_from_xyz, read_volume
 from agn_cli.ct.preprocess import (
     DEFAULT_CT_NORMALISATION,
     normalise_ct,
@@ -18,6 +15,9 @@ from agn_cli.ct.preprocess import (
     resampled_geometry,
     to_canonical,
 )
+from agn_cli.ct.volume import Geometry, array_xyz, image_from_xyz, read_volume
+from agn_cli.errors import AgnError
+from agn_cli.runtime.checkpoint import ModelCard
 from tests.conftest import require
 
 FLIPPED = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)  # RAS-stored NIfTI, as read by ITK

@@ -12,8 +12,8 @@ import SimpleITK as sitk
 import torch
 from torch import nn
 
-from agn_cli.ct.volume import Geometry, image_from_xyz, read_volume, write_volume
 from agn_cli.ct.sliding_window import gaussian_importance, mirror_axes, predict_volume, window_starts
+from agn_cli.ct.volume import Geometry, image_from_xyz, read_volume, write_volume
 from tests.conftest import require, run_agn
 
 CT = "data/ct/totalseg-example"
@@ -213,8 +213,8 @@ def test_default_weights_notice_and_missing_weights_message(tiny_weights, tmp_pa
 
 @pytest.mark.slow
 def test_labels_that_do_not_fit_uint8(tmp_path):
-    from agn_cli.runtime.checkpoint import ModelCard, save_checkpoint
     from agn_cli.models import create_model
+    from agn_cli.runtime.checkpoint import ModelCard, save_checkpoint
 
     scan = write_volume(synthetic_ct(), tmp_path / "scan.nii.gz")
     card = ModelCard("unet3d", {"num_classes": 2, "base_filters": 4}, "segmentation", {0: "background", 300: "x"}, spacing=[6.0] * 3)
@@ -300,8 +300,8 @@ class ThresholdNet(nn.Module):
 def test_card_postprocessing_sets_the_largest_component_default(tiny_weights, tmp_path):
     import shutil
 
+    from agn_cli.ct.segmenter import Segmenter, SegmentOptions
     from agn_cli.runtime.checkpoint import ModelCard
-    from agn_cli.ct.segmenter import SegmentOptions, Segmenter
 
     arr = np.full((60, 60, 30), -100, np.int16)  # a big and a small bright block, far apart
     arr[4:30, 4:30, 4:20] = 300

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from agn_cli.runtime.checkpoint import load_checkpoint, load_state_dict
 from agn_cli.errors import AgnError
+from agn_cli.runtime.checkpoint import load_checkpoint, load_state_dict
 from agn_cli.us.sononet_convert import LASAGNE_BN_EPS, SONONET_LABELS, sononet16_from_npz
 from tests.conftest import REPO_ROOT, require, run_agn, run_agn_here
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from scipy import ndimage
+
 from agn_cli.cli.app import main
 from agn_cli.synth import (
     LABELS,
@@ -20,6 +21,7 @@ from agn_cli.synth import (
     write_ct_dataset,
 )
 from agn_cli.synth.us_frames import US_CLASSES, generate_us_frame, write_us_dataset
+
 
 class _Result:
     def __init__(self, exit_code: int, stdout: str, stderr: str):

@@ -9,8 +9,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from agn_cli.runtime.checkpoint import load_checkpoint
 from agn_cli.cli.app import app
+from agn_cli.runtime.checkpoint import load_checkpoint
 from agn_cli.train.cls_data import load_cls_dataset, sampling_weights, split_items
 from agn_cli.train.toy import write_fetal_planes_db, write_frame_folders
 

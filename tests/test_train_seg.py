@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
+from agn_cli.metrics.segmentation import dice_per_class
 from agn_cli.runtime.checkpoint import load_checkpoint
 from agn_cli.train.augment import AugmentConfig
 from agn_cli.train.run_state import read_metrics_csv
-from agn_cli.metrics.segmentation import dice_per_class
 from agn_cli.train.seg_trainer import SegTrainConfig, case_probabilities, train_seg
 from agn_cli.train.toy import write_msd_dataset
 from tests.conftest import assert_same_run

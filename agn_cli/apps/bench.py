@@ -429,8 +429,8 @@ def _bench_window(model: nn.Module, size: tuple, device: torch.device, cfg: Benc
 
 
 def _e2e_card(model: nn.Module, size: tuple) -> Any:
-    from agn_cli.runtime.checkpoint import ModelCard
     from agn_cli.ct.preprocess import DEFAULT_CT_NORMALISATION
+    from agn_cli.runtime.checkpoint import ModelCard
 
     config = dict(getattr(model, "agn_config", {}))
     num_classes = int(getattr(model, "num_classes", 4))

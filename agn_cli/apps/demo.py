@@ -30,6 +30,7 @@ from agn_cli.apps.demo_report import build_report, render_html, render_markdown,
 from agn_cli.errors import AgnError
 from agn_cli.runtime.jsonio import dumps, jsonable
 from agn_cli.synth.ct_phantom import ORGAN_NAMES as ORGANS
+
 DEFAULT_OUTPUT = "agn-demo"
 BUDGET_S = 180.0  # the default demo's target wall time on a quiet 2-core CPU
 _MARKERS = ("summary.json", "report.md", "report.html")  # what makes a folder a previous demo's output
@@ -215,8 +216,8 @@ def _training_record(run: Path, steps: int, batch: int) -> dict[str, Any]:
 
 def _canonical_label(label: Any, geometry: Any) -> np.ndarray:
     """The reference label map on the model grid (canonical LPS, model spacing), nearest neighbour, (x, y, z)."""
-    from agn_cli.ct.volume import array_xyz
     from agn_cli.ct.preprocess import resample_to_geometry, to_canonical
+    from agn_cli.ct.volume import array_xyz
 
     return np.ascontiguousarray(array_xyz(resample_to_geometry(to_canonical(label), geometry, is_label=True)))
 
@@ -226,9 +227,9 @@ def segment_and_evaluate(
 ) -> dict[str, Any]:
     """`agn segment` + `agn evaluate seg` on one case, in memory: mask on the input grid, metrics per organ,
     and the model-resolution arrays for the figure."""
+    from agn_cli.ct.segmenter import Segmenter, SegmentOptions
     from agn_cli.ct.volume import write_volume
     from agn_cli.metrics.segmentation import evaluate_segmentation
-    from agn_cli.ct.segmenter import Segmenter, SegmentOptions
 
     segmenter = Segmenter.from_checkpoint(weights, device)
     # match the model's organs to the phantom's by name (another model may number them differently)
@@ -292,10 +293,10 @@ def _default_ct_cost(weights: Path, image: Any, device: Any) -> tuple[float, int
 
     import torch
 
+    from agn_cli.ct.preprocess import prepare_ct
+    from agn_cli.ct.sliding_window import window_starts
     from agn_cli.runtime.checkpoint import load_checkpoint
     from agn_cli.runtime.fast import prepare_model
-    from agn_cli.ct.sliding_window import window_starts
-    from agn_cli.ct.preprocess import prepare_ct
 
     model, card = load_checkpoint(weights, device="cpu")
     prepared = prepare_ct(image, card)
@@ -487,8 +488,8 @@ def run_demo(
 ) -> dict[str, Any]:
     """Run every step, write the report, summary.json, figures, data and weights into `output`; return the summary."""
     from agn_cli import __version__
-    from agn_cli.runtime.device import configure_cpu_threads, device_name, resolve_device
     from agn_cli.runtime.atomic import atomic_dir, write_text_atomic
+    from agn_cli.runtime.device import configure_cpu_threads, device_name, resolve_device
 
     cfg = cfg or DemoConfig.default()
     output = Path(output).expanduser()

@@ -37,8 +37,8 @@ def write_figures(work: Path, seg: dict[str, Any], cls: dict[str, Any], bench: d
         else:  # another spacing: bring it onto the demo model's grid for the side-by-side view
             import SimpleITK as sitk
 
-            from agn_cli.ct.volume import array_xyz, image_from_xyz
             from agn_cli.ct.preprocess import resample_to_geometry
+            from agn_cli.ct.volume import array_xyz, image_from_xyz
 
             src = image_from_xyz(d_arr["pred"].astype(np.uint8), d_arr["geometry"])
             moved = resample_to_geometry(src, arrays["geometry"], is_label=True, pixel_type=sitk.sitkUInt8)

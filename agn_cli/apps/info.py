@@ -9,8 +9,8 @@ from typing import Any
 import torch
 
 from agn_cli import __version__
-from agn_cli.runtime.checkpoint import list_weights
 from agn_cli.models import count_parameters, create_model, get_entry, list_models
+from agn_cli.runtime.checkpoint import list_weights
 
 
 def devices() -> list[dict[str, Any]]:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from agn_cli.runtime.checkpoint import ModelCard, save_checkpoint
 from agn_cli.errors import AgnError
+from agn_cli.runtime.checkpoint import ModelCard, save_checkpoint
 from agn_cli.runtime.parsing import parse_labels, parse_size
 
 DEFAULT_FRAME_SEG_PATCH = [160, 240]  # rows, cols: a 540x800 HC18 frame at a third of its size
@@ -28,8 +28,8 @@ def init_checkpoint(
     overwrite: bool = False,
 ) -> tuple[Path, ModelCard]:
     """Build `model` with a fixed seed and save it with a card describing how it must be fed."""
-    from agn_cli.models import create_model, get_entry
     from agn_cli.ct.preprocess import DEFAULT_CT_NORMALISATION
+    from agn_cli.models import create_model, get_entry
 
     try:
         entry = get_entry(model)

@@ -6,10 +6,9 @@ Each command lives in its own module under `agn_cli.cli`; this file only wires t
 from __future__ import annotations
 
 import errno
+import importlib
 import sys
 from typing import Optional
-
-import importlib
 
 import typer
 

@@ -9,8 +9,8 @@ import typer
 from rich.table import Table
 
 from agn_cli.cli.console import err, out, print_json
-from agn_cli.runtime.jsonio import dumps
 from agn_cli.cli.options import threads_option
+from agn_cli.runtime.jsonio import dumps
 
 
 def _gib(n: int | None) -> str:

@@ -67,8 +67,8 @@ def seg(
     Give two label map files (NIfTI, NRRD, MHA) or two folders. A prediction on another grid is resampled onto the
     reference (nearest neighbour) with a warning. Classes absent in both maps get '-' (NaN) and a note.
     """
-    from agn_cli.runtime.atomic import check_outputs, write_text_atomic
     from agn_cli.metrics import segmentation as S
+    from agn_cli.runtime.atomic import check_outputs, write_text_atomic
 
     limit_threads(threads)
     label_ids = parse_label_ids(labels) if labels is not None else None

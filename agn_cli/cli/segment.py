@@ -65,9 +65,9 @@ def command(
         scan = [read_volume(source, series_uid=series, notify=note, allow_nonuniform=allow_nonuniform)]
         read_s = time.perf_counter() - started
 
+    from agn_cli.ct.segmenter import Segmenter, SegmentOptions
     from agn_cli.runtime.checkpoint import find_default_weights, resolve_checkpoint
     from agn_cli.runtime.device import configure_cpu_threads, resolve_device
-    from agn_cli.ct.segmenter import SegmentOptions, Segmenter
 
     if weights is None:
         default = find_default_weights("segmentation", dims=3)

@@ -9,8 +9,8 @@ from typing import Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from agn_cli.cli.options import limit_threads, threads_option
 from agn_cli.cli.console import err, out, print_json
+from agn_cli.cli.options import limit_threads, threads_option
 from agn_cli.runtime.parsing import parse_size
 
 app = typer.Typer(no_args_is_help=True)

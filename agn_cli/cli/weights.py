@@ -34,8 +34,8 @@ def init(
     json_out: bool = typer.Option(False, "--json", help="Print the written paths and the card as JSON."),
 ) -> None:
     """Write a randomly initialised checkpoint with a valid model card (for pipeline tests and benchmarks)."""
-    from agn_cli.runtime.checkpoint import card_path_for
     from agn_cli.apps.weights_init import init_checkpoint
+    from agn_cli.runtime.checkpoint import card_path_for
 
     path, card = init_checkpoint(
         model,

@@ -24,8 +24,8 @@ from typing import Any, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from agn_cli.errors import AgnError
 from agn_cli.ct.volume import Geometry, array_xyz, image_from_xyz
+from agn_cli.errors import AgnError
 
 CANONICAL_ORIENTATION = "LPS"
 

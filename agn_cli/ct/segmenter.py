@@ -18,14 +18,14 @@ import SimpleITK as sitk
 import torch
 from torch import nn
 
-from agn_cli.runtime.checkpoint import ModelCard, load_checkpoint, resolve_checkpoint
-from agn_cli.errors import AgnError
-from agn_cli.ct.sliding_window import predict_volume
-from agn_cli.runtime.atomic import Transaction, check_writable, sha256_file
-from agn_cli.runtime.jsonio import dumps
 from agn_cli.ct.outputs import GATE_NAMES, CaseOutputs, sidecar_path  # noqa: F401  (re-exported: the segmentation API)
-from agn_cli.ct.volume import GEOMETRY_WARNING_KEY, Geometry, read_volume, volume_stem, write_volume
 from agn_cli.ct.preprocess import PreparedVolume, prepare_ct
+from agn_cli.ct.sliding_window import predict_volume
+from agn_cli.ct.volume import GEOMETRY_WARNING_KEY, Geometry, read_volume, volume_stem, write_volume
+from agn_cli.errors import AgnError
+from agn_cli.runtime.atomic import Transaction, check_writable, sha256_file
+from agn_cli.runtime.checkpoint import ModelCard, load_checkpoint, resolve_checkpoint
+from agn_cli.runtime.jsonio import dumps
 
 HU_MIN_WARN = -500.0  # CT air is about -1000 HU; a scan whose minimum is above this is probably not in HU
 HU_MAX_WARN = 100.0  # soft tissue / contrast / bone exceed this in any abdominal CT

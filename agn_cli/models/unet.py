@@ -17,7 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from agn_cli.models.attention_gate import MultiHeadAttentionGate, Norm, Normalisation, conv_class, interp_mode, norm_layer
+from agn_cli.models.attention_gate import (
+    MultiHeadAttentionGate,
+    Norm,
+    Normalisation,
+    conv_class,
+    interp_mode,
+    norm_layer,
+)
 from agn_cli.models.network import Network
 from agn_cli.models.registry import register_model
 

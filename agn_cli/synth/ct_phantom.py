@@ -31,8 +31,8 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from agn_cli.errors import AgnError
-from agn_cli.runtime.jsonio import dumps
 from agn_cli.runtime.atomic import atomic_dir
+from agn_cli.runtime.jsonio import dumps
 
 LABELS: dict[str, int] = {
     "background": 0,

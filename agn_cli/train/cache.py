@@ -83,8 +83,8 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 def preprocess_case(case: Case, spacing: Sequence[float], labels: Collection[int], seed: int = 0) -> dict[str, np.ndarray]:
     """`check_case` (a pair `agn data check` rejects is refused, never resampled or cast into shape), then canonical
     orientation and target spacing through the inference functions; arrays in (x, y, z)."""
-    from agn_cli.ct.volume import Geometry, array_xyz
     from agn_cli.ct.preprocess import resample_to_geometry, resample_to_spacing, to_canonical
+    from agn_cli.ct.volume import Geometry, array_xyz
 
     if len(case.images) != 1:
         raise AgnError(f"case {case.case_id} has {len(case.images)} channels; agn train seg supports single-channel CT")

@@ -38,7 +38,7 @@ class ClsDataset:
 
 
 def _frame_files(folder: Path) -> list[Path]:
-    from agn_cli.us.frames import IMAGE_SUFFIXES, DICOM_SUFFIXES
+    from agn_cli.us.frames import DICOM_SUFFIXES, IMAGE_SUFFIXES
 
     suffixes = IMAGE_SUFFIXES + DICOM_SUFFIXES
     return sorted(
@@ -178,8 +178,8 @@ def cache_frames(
     paths: Sequence[Path], preprocessing: dict[str, Any], cache_dir: Path, on_start: Callable[[int], None] | None = None
 ) -> Path:
     """Preprocess every frame once into a float16 (N, rows, cols) array; returns its path (reused when unchanged)."""
-    from agn_cli.us.preprocess import preprocess_frame
     from agn_cli.us.frames import read_frames
+    from agn_cli.us.preprocess import preprocess_frame
 
     digest = hashlib.sha1(repr(sorted(preprocessing.items())).encode())
     for p in paths:

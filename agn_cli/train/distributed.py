@@ -17,8 +17,8 @@ from typing import Sequence
 import torch
 import torch.distributed as dist
 
-from agn_cli.runtime.device import resolve_device
 from agn_cli.errors import AgnError
+from agn_cli.runtime.device import resolve_device
 
 
 @dataclass

@@ -17,11 +17,11 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
-from agn_cli.runtime.checkpoint import ModelCard, find_default_weights, load_checkpoint
 from agn_cli.errors import AgnError
-from agn_cli.us.preprocess import Crop, FrameGeometry, frame_geometry, preprocess_frame
+from agn_cli.runtime.checkpoint import ModelCard, find_default_weights, load_checkpoint
 from agn_cli.us.frames import Frame
 from agn_cli.us.localisation import LocalisationParams, attention_maps_for, localise
+from agn_cli.us.preprocess import Crop, FrameGeometry, frame_geometry, preprocess_frame
 from agn_cli.viz.frames import overlay_frame
 
 

@@ -22,8 +22,8 @@ import torch
 from agn_cli.errors import AgnError
 from agn_cli.runtime.checkpoint import ModelCard, find_default_weights, load_checkpoint
 from agn_cli.us.biometry import Ellipse, fit_head_ellipse, head_circumference_mm, largest_component
-from agn_cli.us.frames import Frame, kind_of
 from agn_cli.us.frame_segmentation import network_probabilities, to_frame
+from agn_cli.us.frames import Frame, kind_of
 from agn_cli.viz.frames import draw_ellipse, overlay_frame
 
 # Heads smaller than this share of the frame are not measured: a speck is not a fetal head.

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from agn_cli.runtime.checkpoint import PAPER_CITATION, ModelCard, save_checkpoint
 from agn_cli.errors import AgnError
+from agn_cli.runtime.checkpoint import PAPER_CITATION, ModelCard, save_checkpoint
 from agn_cli.us.preprocess import SONONET_PREPROCESSING
 
 LASAGNE_BN_EPS = 1e-4
