@@ -14,6 +14,7 @@ from tests.conftest import one_error_line, run_agn
     ("1x1x1", "does not fit attention-unet3d"),
     pytest.param("4000x4000x4000", "GiB are free", marks=pytest.mark.slow),
 ])
+@pytest.mark.slow
 def test_bench_refuses_impossible_sizes(size, message):
     code, _, stderr = run_agn("bench", "--size", size, "--device", "cpu", "--repeat", "1", "--warmup", "0")
     assert code == 2 and message in one_error_line(stderr)

@@ -87,6 +87,7 @@ def test_bench_window_stage():
     assert record["agreement"]["argmax_agreement"] >= 0.999
 
 
+@pytest.mark.slow
 def test_bench_e2e_stage_reports_every_stage(tmp_path):
     record = run_benchmark(BenchConfig(
         model="attention-unet3d", size="32x32x16", base_filters=4, stage="e2e", scan_size="48x40x20",
@@ -121,6 +122,7 @@ def test_bench_errors_exit_2_with_one_line(args, message):
     assert exc.value.code == 2
 
 
+@pytest.mark.slow
 def test_bench_error_via_subprocess_is_one_line():
     proc = subprocess.run(
         [sys.executable, "-m", "agn_cli", "bench", "--model", "ag-sononet-8", "--size", "32x32x16", "--json"],

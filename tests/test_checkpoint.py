@@ -91,6 +91,7 @@ def test_weights_that_do_not_fit_their_card_are_one_line_exit_2(tmp_path):
     assert not (tmp_path / "m.nii.gz").exists()
 
 
+@pytest.mark.slow
 def test_a_card_without_sha256_does_not_disable_the_integrity_check(tmp_path):
     from tests.conftest import run_agn
 

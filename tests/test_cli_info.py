@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from agn_cli import __version__
 
 
@@ -25,6 +27,7 @@ def test_version():
     assert result.returncode == 0 and result.stdout.strip() == f"agn {__version__}"
 
 
+@pytest.mark.slow
 def test_info_json_reports_paper_counts_versions_and_devices():
     result = run_agn("info", "--json")
     assert result.returncode == 0, result.stderr

@@ -110,6 +110,7 @@ def test_data_check_refuses_paths_outside_the_dataset(clean, tmp_path, absolute)
     assert_one_line_error(agn("data", "check", root), "training entry 0 points outside")
 
 
+@pytest.mark.slow
 def test_data_check_lists_every_problem_and_exits_2(clean, tmp_path):
     root = _copy(clean, tmp_path / "d")
     _rewrite_label(root / "labelsTr" / "toy_000.nii.gz", lambda a: np.where(a == 2, 7, a).astype(a.dtype))
@@ -122,6 +123,7 @@ def test_data_check_lists_every_problem_and_exits_2(clean, tmp_path):
     assert lines[2].startswith("error: 2 problems found")
 
 
+@pytest.mark.slow
 def test_train_seg_refuses_non_integer_labels(clean, tmp_path):
     root = _copy(clean, tmp_path / "d")
     _rewrite_label(root / "labelsTr" / "toy_001.nii.gz", _half_label)
@@ -130,6 +132,7 @@ def test_train_seg_refuses_non_integer_labels(clean, tmp_path):
     assert not (tmp_path / "run" / "latest.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_train_seg_refuses_a_label_on_another_grid(clean, tmp_path):
     root = _copy(clean, tmp_path / "d")
     _rewrite_label(root / "labelsTr" / "toy_000.nii.gz", lambda a: a[:, :, :12].copy())  # used to be resampled silently
@@ -138,6 +141,7 @@ def test_train_seg_refuses_a_label_on_another_grid(clean, tmp_path):
     assert not (tmp_path / "run" / "latest.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_train_seg_refuses_a_path_outside_the_dataset(clean, tmp_path):
     root = _copy(clean, tmp_path / "d")
     shutil.copy(root / "labelsTr" / "toy_001.nii.gz", tmp_path / "outside.nii.gz")
@@ -149,6 +153,7 @@ def test_train_seg_refuses_a_path_outside_the_dataset(clean, tmp_path):
     assert not (tmp_path / "run" / "latest.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_evaluate_seg_refuses_a_truncated_reference(clean, tmp_path):
     label = _uncompressed_truncated_label(_copy(clean, tmp_path / "d"))
     prediction = tmp_path / "pred.nii"

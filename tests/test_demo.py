@@ -74,6 +74,7 @@ def test_quick_demo_writes_report_summary_and_figures(quick_demo):
     assert ".tmp-" not in card  # recorded paths point at the final folder
 
 
+@pytest.mark.slow
 def test_quick_demo_summary_fields_are_sane(quick_demo):
     _, summary, _ = quick_demo
     assert summary["quick"] is True and summary["seed"] == 3

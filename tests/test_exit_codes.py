@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.conftest import one_error_line, run_agn
 
 
@@ -26,6 +28,7 @@ def test_data_check_on_a_bad_dataset_exits_2(tmp_path):
     assert code == 2 and json.loads(stdout)["ok"] is False
 
 
+@pytest.mark.slow
 def test_failing_training_ranks_make_the_launcher_fail(tmp_path):
     # the ranks started by `--gpus 2` exit with 3: the launcher must not report success
     launcher = (

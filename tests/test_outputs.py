@@ -127,6 +127,7 @@ def test_sidecar_named_like_a_model_card_is_refused(tmp_path, scan, tiny_weights
     assert (tmp_path / "w.json").read_bytes() == card and not (tmp_path / "w.nii.gz").exists()
 
 
+@pytest.mark.slow
 def test_unwritable_output_folder_fails_in_one_line_before_compute(tmp_path, scan):
     blocker = tmp_path / "not_a_folder"
     blocker.write_text("x")
@@ -205,6 +206,7 @@ def test_batch_trusts_only_a_matching_sidecar_and_strips_nnunet_channel_suffixes
         assert json.loads((preds / f"{case}.json").read_text())["output_sha256"] == sha256_file(preds / f"{case}.nii.gz")
 
 
+@pytest.mark.slow
 def test_batch_output_folder_checks(tmp_path):
     images = tmp_path / "imagesTr"
     write_volume(synthetic_ct(seed=1), images / "a_0000.nii.gz")

@@ -64,6 +64,7 @@ def whole_cases():
     return cases
 
 
+@pytest.mark.slow
 def test_geometry_identical_and_types(whole_cases):
     for image, label, info in whole_cases.values():
         assert image.GetPixelID() == sitk.sitkInt16 and label.GetPixelID() == sitk.sitkUInt8
@@ -78,6 +79,7 @@ def test_geometry_identical_and_types(whole_cases):
 
 
 @pytest.mark.parametrize("direction", ["lps", "ras", "oblique"])
+@pytest.mark.slow
 def test_left_right_in_world_coordinates(whole_cases, direction):
     image, label, info = whole_cases[direction]
     spine_x = info.spine_world[0]
@@ -168,6 +170,7 @@ def test_phantom_scan_has_the_exact_grid():
     assert np.array_equal(sitk.GetArrayViewFromImage(again), arr)
 
 
+@pytest.mark.slow
 def test_dataset_layout_and_cli(tmp_path, capsys):
     out = tmp_path / "ct"
     runner = _Runner(capsys)

@@ -139,6 +139,7 @@ def test_validation_pads_volumes_smaller_than_the_patch_like_training():
     torch.testing.assert_close(probs, whole[:, :10, :12, :8])
 
 
+@pytest.mark.slow
 def test_resume_continues_same_epoch_and_stream(msd, tmp_path):
     full, parts = tmp_path / "full", tmp_path / "parts"
     flips = AugmentConfig(rotation=10, scale=0.1, translation=0.05, flip_axes=(1,)).to_dict()  # y flips: in the stream too

@@ -85,6 +85,7 @@ def test_list_reads_agn_weights_folders(tmp_path, monkeypatch):
     assert find_default_weights("segmentation") == folder / "ct.safetensors"
 
 
+@pytest.mark.slow
 def test_unknown_model_is_one_line(tmp_path):
     code, _, stderr = run_agn("weights", "init", "-m", "nope", "--labels", "a", "-o", tmp_path / "w.safetensors")
     assert code == 2 and "unknown model" in stderr and len(stderr.strip().splitlines()) == 1
