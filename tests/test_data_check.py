@@ -98,7 +98,7 @@ def test_bad_dataset_json(tmp_path, _check):
     assert result.exit_code == 2 and "dataset.json is missing" in result.output
     (tmp_path / "d" / "dataset.json").write_text("{not json")
     result = _check(tmp_path / "d")
-    assert result.exit_code == 2 and "not valid JSON" in result.output
+    assert result.exit_code == 2 and "cannot read dataset file" in result.output
     (tmp_path / "d" / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}, "labels": {"liver": 1}, "file_ending": ".nii.gz"}))
     (tmp_path / "d" / "labelsTr").mkdir()
     result = _check(tmp_path / "d")

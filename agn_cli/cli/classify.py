@@ -14,29 +14,40 @@ import typer
 
 from agn_cli.cli.console import out, print_json
 from agn_cli.cli.frames_view import classify_with_progress, frames_table, summary_table
-from agn_cli.cli.options import input_option, merge_inputs, threads_option
+from agn_cli.cli.options import (
+    CLASSIFIER_WEIGHTS,
+    CROP,
+    DEVICE,
+    EVERY,
+    FAST,
+    FRAME_BATCH,
+    OVERWRITE,
+    input_option,
+    merge_inputs,
+    threads_option,
+)
 from agn_cli.runtime.jsonio import dumps
 
 
 def command(
     inputs: Optional[List[Path]] = typer.Argument(None, help="Frames: images, DICOM, videos, or folders (searched recursively).", show_default=False),
     more_inputs: Optional[List[Path]] = input_option(),
-    weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="Checkpoint (.safetensors + card); default: the shipped SonoNet-16."),
+    weights: Optional[Path] = CLASSIFIER_WEIGHTS,
     boxes: bool = typer.Option(False, "--boxes", help="Also a box per frame from the network's attention."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write results to .json or .csv (and <stem>.coco.json with --boxes)."),
     overlays: Optional[Path] = typer.Option(None, "--overlays", help="Folder for PNGs: attention heat map and box on each frame."),
     top_k: int = typer.Option(3, "--top-k", min=1, help="How many ranked labels per frame."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    device: str = DEVICE,
     threads: Optional[int] = threads_option(),
-    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Frames per forward pass."),
-    crop: str = typer.Option("auto", "--crop", help="auto (model card's crop for screen captures), none, or Y0:Y1,X0:X1."),
-    every: int = typer.Option(1, "--every", min=1, help="Use every N-th frame of videos and multi-frame DICOM."),
+    batch_size: int = FRAME_BATCH,
+    crop: str = CROP,
+    every: int = EVERY,
     blur_sigma: float = typer.Option(12.0, "--blur-sigma", min=0.0, help="Box: Gaussian blur of the attention map (network-input pixels)."),
     threshold: float = typer.Option(0.25, "--threshold", min=0.0, max=1.0, help="Box: keep attention >= this fraction of its maximum."),
     select: str = typer.Option("overlap", "--select", help="Box: overlap (component shared across scales), strongest or largest."),
-    fast: bool = typer.Option(True, "--fast/--no-fast", help="Fast inference path (folded BN, channels-last, bf16 where it pays)."),
+    fast: bool = FAST,
     json_out: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
+    overwrite: bool = OVERWRITE,
 ) -> None:
     """Classify fetal ultrasound frames into SonoNet's standard planes, optionally with boxes from attention."""
     from agn_cli.runtime.atomic import write_text_atomic

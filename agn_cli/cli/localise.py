@@ -14,7 +14,18 @@ import typer
 
 from agn_cli.cli.console import out, print_json, warn
 from agn_cli.cli.frames_view import classify_with_progress, frames_table, metrics_table, summary_table
-from agn_cli.cli.options import input_option, merge_inputs, threads_option
+from agn_cli.cli.options import (
+    CLASSIFIER_WEIGHTS,
+    CROP,
+    DEVICE,
+    EVERY,
+    FAST,
+    FRAME_BATCH,
+    OVERWRITE,
+    input_option,
+    merge_inputs,
+    threads_option,
+)
 
 
 def command(
@@ -25,21 +36,21 @@ def command(
     gt: Optional[Path] = typer.Option(None, "--gt", help="Ground truth: CSV path,x0,y0,x1,y1[,frame,label] or a folder of masks."),
     gt_label: Optional[str] = typer.Option(None, "--gt-label", help="Class of every ground-truth box (for the per-class table)."),
     target_class: Optional[str] = typer.Option(None, "--class", help="Localise this class's attention instead of the predicted one."),
-    weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="Checkpoint (.safetensors + card); default: the shipped SonoNet-16."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    weights: Optional[Path] = CLASSIFIER_WEIGHTS,
+    device: str = DEVICE,
     threads: Optional[int] = threads_option(),
-    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Frames per forward pass."),
-    crop: str = typer.Option("auto", "--crop", help="auto (model card's crop for screen captures), none, or Y0:Y1,X0:X1."),
-    every: int = typer.Option(1, "--every", min=1, help="Use every N-th frame of videos and multi-frame DICOM."),
+    batch_size: int = FRAME_BATCH,
+    crop: str = CROP,
+    every: int = EVERY,
     blur_sigma: float = typer.Option(12.0, "--blur-sigma", min=0.0, help="Gaussian blur of each attention map (network-input pixels)."),
     threshold: float = typer.Option(0.25, "--threshold", min=0.0, max=1.0, help="Keep attention >= this fraction of its maximum."),
     select: str = typer.Option("overlap", "--select", help="overlap (component shared across scales, else strongest), strongest or largest."),
     normalise: str = typer.Option("max", "--normalise", help="max (negatives to 0, divide by max) or minmax."),
     min_area: float = typer.Option(0.0, "--min-area", min=0.0, max=1.0, help="Ignore components below this fraction of the input."),
     step: int = typer.Option(4, "--step", min=1, help="Work on a grid of STEP network-input pixels (1 = full resolution, slower)."),
-    fast: bool = typer.Option(True, "--fast/--no-fast", help="Fast inference path (folded BN, channels-last, bf16 where it pays)."),
+    fast: bool = FAST,
     json_out: bool = typer.Option(False, "--json", help="Print boxes and metrics as JSON on stdout."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
+    overwrite: bool = OVERWRITE,
 ) -> None:
     """Weakly supervised localisation: one box per frame from the classifier's attention (no backpropagation)."""
     from agn_cli.runtime.device import configure_cpu_threads, resolve_device

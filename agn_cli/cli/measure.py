@@ -13,7 +13,7 @@ from typing import Any, List, Optional
 import typer
 
 from agn_cli.cli.console import out, print_json, warn
-from agn_cli.cli.options import input_option, merge_inputs, threads_option
+from agn_cli.cli.options import DEVICE, EVERY, FAST, OVERWRITE, input_option, merge_inputs, threads_option
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -34,13 +34,13 @@ def hc(
     overlays: Optional[Path] = typer.Option(None, "--overlays", help="Folder for PNGs: ellipse, HC and attention map on each frame."),
     challenge_csv: Optional[Path] = typer.Option(None, "--challenge-csv", help="HC18 submission CSV: centre, semi-axes (mm), angle (rad)."),
     weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="2D head-segmentation checkpoint; default: the shipped HC18 model."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    device: str = DEVICE,
     threads: Optional[int] = threads_option(),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Frames per forward pass."),
-    every: int = typer.Option(1, "--every", min=1, help="Use every N-th frame of videos and multi-frame DICOM."),
-    fast: bool = typer.Option(True, "--fast/--no-fast", help="Fast inference path (folded BN, channels-last)."),
+    every: int = EVERY,
+    fast: bool = FAST,
     json_out: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
+    overwrite: bool = OVERWRITE,
 ) -> None:
     """Head circumference in mm: segment the fetal head, fit an ellipse to the outer skull, report its perimeter."""
     from agn_cli.runtime.device import configure_cpu_threads, resolve_device

@@ -9,6 +9,15 @@ import typer
 
 from agn_cli.errors import AgnError
 
+# Options several commands take with the same meaning, declared once.
+DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps.")
+EVERY = typer.Option(1, "--every", min=1, help="Use every N-th frame of videos and multi-frame DICOM.")
+FAST = typer.Option(True, "--fast/--no-fast", help="Fast inference path (folded BN, channels-last, bf16 where it pays).")
+OVERWRITE = typer.Option(False, "--overwrite", help="Replace existing output files.")
+CLASSIFIER_WEIGHTS = typer.Option(None, "--weights", "-w", help="Checkpoint (.safetensors + card); default: the shipped SonoNet-16.")
+FRAME_BATCH = typer.Option(16, "--batch-size", min=1, help="Frames per forward pass.")
+CROP = typer.Option("auto", "--crop", help="auto (model card's crop for screen captures), none, or Y0:Y1,X0:X1.")
+
 
 def limit_threads(threads: int | None) -> None:
     """Apply --threads where a command otherwise keeps torch's own default (which honours OMP_NUM_THREADS)."""

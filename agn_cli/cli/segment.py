@@ -9,7 +9,7 @@ from typing import Any, List, Optional
 import typer
 
 from agn_cli.cli.console import err, note, out, print_json, warn
-from agn_cli.cli.options import input_option, merge_inputs, threads_option
+from agn_cli.cli.options import DEVICE, FAST, input_option, merge_inputs, threads_option
 from agn_cli.errors import AgnError
 
 
@@ -23,7 +23,7 @@ def command(
         help="Label map file (.nii.gz, .nii, .nrrd, .mha, .mhd), or a folder (ends in '/', or several scans).",
     ),
     weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="Checkpoint file or run folder (default: installed default CT model)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    device: str = DEVICE,
     threads: Optional[int] = threads_option(),
     overlap: float = typer.Option(0.5, "--overlap", min=0.0, max=0.95, help="Sliding-window overlap (fraction of the patch)."),
     tta: bool = typer.Option(False, "--tta", help="Mirroring test-time augmentation over the axes the model was trained with flips on (2 to 8 passes per window)."),
@@ -42,7 +42,7 @@ def command(
         False, "--allow-nonuniform",
         help="Accept a DICOM series with a missing slice or uneven slice spacing (read on a uniform grid; warned and recorded).",
     ),
-    fast: bool = typer.Option(True, "--fast/--no-fast", help="Fast inference path (BN folding, channels-last, bf16 where it pays)."),
+    fast: bool = FAST,
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Replace existing outputs (batches: re-run cases already done or left incomplete)."
     ),

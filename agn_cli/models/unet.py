@@ -135,25 +135,24 @@ PAPER_CT_LABELS = {0: "background", 1: "pancreas", 2: "spleen", 3: "kidney"}  # 
 _US_2D = {"in_channels": 1, "num_classes": 2, "base_filters": 16}
 
 
-@register_model("unet3d", task="segmentation", dims=3, paper_config=_CT_PAPER)
-def unet3d(**kwargs) -> UNet:
-    """3D U-Net baseline with deep supervision (paper Table 1)."""
-    return UNet(attention=False, dims=3, **kwargs)
+def _variant(attention: bool, dims: int, doc: str):
+    """A registry constructor for one U-Net variant (the registry shows `doc` as its description)."""
+
+    def build(**kwargs) -> UNet:
+        return UNet(attention=attention, dims=dims, **kwargs)
+
+    build.__doc__ = doc
+    return build
 
 
-@register_model("attention-unet3d", task="segmentation", dims=3, paper_config=_CT_PAPER)
-def attention_unet3d(**kwargs) -> UNet:
-    """Attention U-Net 3D: two-head grid attention gates on the skips of levels 2-4 (paper Table 1)."""
-    return UNet(attention=True, dims=3, **kwargs)
-
-
-@register_model("unet2d", task="segmentation", dims=2, paper_config=_US_2D)
-def unet2d(**kwargs) -> UNet:
-    """2D U-Net baseline with deep supervision, the CT design in 2D (ultrasound structures)."""
-    return UNet(attention=False, dims=2, **kwargs)
-
-
-@register_model("attention-unet2d", task="segmentation", dims=2, paper_config=_US_2D)
-def attention_unet2d(**kwargs) -> UNet:
-    """Attention U-Net 2D: the 3D network's gates, heads and deep supervision in 2D (fetal head)."""
-    return UNet(attention=True, dims=2, **kwargs)
+# name, dims, attention gates, the configuration its parameter count refers to, description
+_VARIANTS = (
+    ("unet3d", 3, False, _CT_PAPER, "3D U-Net baseline with deep supervision (paper Table 1)."),
+    ("attention-unet3d", 3, True, _CT_PAPER,
+     "Attention U-Net 3D: two-head grid attention gates on the skips of levels 2-4 (paper Table 1)."),
+    ("unet2d", 2, False, _US_2D, "2D U-Net baseline with deep supervision, the CT design in 2D (ultrasound structures)."),
+    ("attention-unet2d", 2, True, _US_2D,
+     "Attention U-Net 2D: the 3D network's gates, heads and deep supervision in 2D (fetal head)."),
+)
+for _name, _dims, _attention, _config, _doc in _VARIANTS:
+    register_model(_name, task="segmentation", dims=_dims, paper_config=_config)(_variant(_attention, _dims, _doc))

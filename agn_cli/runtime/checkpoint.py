@@ -11,7 +11,6 @@ Loading never unpickles: safetensors, or `torch.load(weights_only=True)`.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -23,7 +22,7 @@ from torch import nn
 from agn_cli import __version__
 from agn_cli.errors import AgnError
 from agn_cli.runtime.atomic import CHECKPOINT_SUFFIXES, Transaction, check_writable, sha256_file
-from agn_cli.runtime.jsonio import dumps
+from agn_cli.runtime.jsonio import dumps, read_json_object
 
 CARD_FORMAT = 1
 WEIGHT_SUFFIXES = CHECKPOINT_SUFFIXES
@@ -144,13 +143,7 @@ def resolve_checkpoint(path: Path | str) -> Path:
 
 
 def read_card(path: Path) -> ModelCard:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise AgnError(f"cannot read model card {path}: {exc}") from exc
-    if not isinstance(data, dict):
-        raise AgnError(f"model card {path} is not a JSON object")
-    return ModelCard.from_dict(data)
+    return ModelCard.from_dict(read_json_object(path, "model card"))
 
 
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import PurePath
+from pathlib import Path, PurePath
 from typing import Any, Optional
 
 import numpy as np
@@ -46,3 +46,17 @@ def _key(key: Any) -> Any:
 def dumps(obj: Any, digits: Optional[int] = None) -> str:
     """Indented strict JSON text ending in a newline; objects JSON has no type for are written as their str()."""
     return json.dumps(jsonable(obj, digits), indent=2, allow_nan=False, default=str) + "\n"
+
+
+def read_json_object(path: Path | str, what: str) -> dict[str, Any]:
+    """A JSON file that must hold an object (model card, dataset.json, ...); one-line AgnError naming `what` else."""
+    from agn_cli.errors import AgnError
+
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AgnError(f"cannot read {what} {path}: {exc}; fix or regenerate it") from None
+    if not isinstance(data, dict):
+        raise AgnError(f"{what} {path} must hold a JSON object")
+    return data

@@ -28,6 +28,7 @@ import SimpleITK as sitk
 from agn_cli.ct.labels import check_label_values, label_array, read_label_map
 from agn_cli.ct.volume import read_volume
 from agn_cli.errors import AgnError
+from agn_cli.runtime.jsonio import read_json_object
 
 # nnU-Net v2's 2D natural-image endings: a dataset with one of these holds 2D frames, not volumes
 FRAME_ENDINGS = (".png", ".bmp", ".tif", ".tiff")
@@ -89,13 +90,7 @@ def _load_json(root: Path) -> dict[str, Any]:
             f"{path} is missing; a dataset needs dataset.json (nnU-Net v2: channel_names, labels, file_ending; "
             "MSD: modality, labels, training)"
         )
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise AgnError(f"{path} is not valid JSON ({exc}); fix the syntax") from exc
-    if not isinstance(data, dict):
-        raise AgnError(f"{path} must hold a JSON object")
-    return data
+    return read_json_object(path, "dataset file")
 
 
 def _parse_labels(raw: Any, path: Path, name_to_id: bool) -> dict[int, str]:
