@@ -211,6 +211,7 @@ class MeasureOutputs:
 
     def check(self, inputs: Iterable[Path | None]) -> None:
         from agn_cli.runtime.atomic import check_outputs, ensure_folder
+        from agn_cli.us.outputs import check_overlay_folder
 
         if self.results is not None and self.results.suffix.lower() != ".json":
             raise AgnError(f"-o {self.results}: use a .json file (the challenge CSV goes to --challenge-csv)")
@@ -218,13 +219,9 @@ class MeasureOutputs:
             raise AgnError(f"--challenge-csv {self.challenge_csv}: use a .csv file")
         check_outputs([self.results, self.challenge_csv], self.overwrite, inputs)
         for flag, folder in (("--masks", self.masks), ("--overlays", self.overlays)):
-            if folder is None:
-                continue
-            if folder.exists() and not folder.is_dir():
-                raise AgnError(f"{flag} {folder} is a file; give a folder")
-            if folder.is_dir() and any(folder.iterdir()) and not self.overwrite:
-                raise AgnError(f"{flag} folder {folder} is not empty; pass --overwrite or choose a new folder")
-            ensure_folder(folder)
+            if folder is not None:
+                check_overlay_folder(folder, self.overwrite, flag)
+                ensure_folder(folder)
 
 
 def _frame_stem(frame: Frame) -> str:

@@ -39,13 +39,14 @@ def coco_path(output: Path) -> Path:
     return output.with_name(f"{output.stem}.coco.json")
 
 
-def check_overlay_folder(overlays: Optional[Path], overwrite: bool) -> None:
+def check_overlay_folder(overlays: Optional[Path], overwrite: bool, flag: str = "--overlays") -> None:
+    """A folder of per-frame PNGs (`flag` names the option): not a file, and new or empty unless --overwrite."""
     if overlays is None:
         return
     if overlays.exists() and not overlays.is_dir():
-        raise AgnError(f"--overlays {overlays} is a file; give a folder")
+        raise AgnError(f"{flag} {overlays} is a file; give a folder")
     if overlays.is_dir() and any(overlays.iterdir()) and not overwrite:
-        raise AgnError(f"--overlays folder {overlays} is not empty; pass --overwrite or choose a new folder")
+        raise AgnError(f"{flag} folder {overlays} is not empty; pass --overwrite or choose a new folder")
 
 
 class OverlayNamer:
